@@ -1,0 +1,93 @@
+"""The one interface between the daemon's engine and anything that makes video.
+
+A generator is driven by exactly one thread (the engine). It produces video in *blocks*, the
+unit the Self Forcing model denoises at once: the first block of a scene has 9 pixel frames
+(3 latent frames -> 1 + 2*4 pixel frames through the causal VAE), every later block 12.
+Steering (prompt, seed, transition) changes only take effect at block boundaries, which is
+why the engine hands a complete :class:`Steering` to every :meth:`Generator.next_block` call
+instead of poking state in between.
+
+Test pattern, tiny random model and the real model all implement this, so the daemon, the
+clients and the tests never know which one runs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FIRST_BLOCK_FRAMES = 9  # 1 + 4 * (3 - 1): first latent frame decodes to one pixel frame
+BLOCK_FRAMES = 12  # 4 pixel frames per latent frame, 3 latent frames per block
+NATIVE_FPS = 16.0  # Wan2.1 is trained on 16 fps video
+
+
+@dataclass(frozen=True)
+class Steering:
+    """Everything a client can steer. Immutable: a change makes a new object with a new ``state_id``.
+
+    ``transition`` is ``"cut"`` (the new prompt fully applies at the next block) or ``"blend"``
+    (generators interpolate from ``prev_prompt`` to ``prompt`` over ``blend_blocks`` blocks, counted
+    from ``since_block``, the block at which this state took effect).
+    """
+
+    prompt: str = "a beautiful landscape"
+    seed: int = 0
+    state_id: int = 0
+    transition: str = "cut"
+    blend_blocks: int = 4
+    prev_prompt: str | None = None
+    since_block: int = 0
+    denoising_steps: tuple[float, ...] | None = None  # None = generator default
+
+    def blend_alpha(self, block_index: int) -> float:
+        """Weight of ``prompt`` (vs ``prev_prompt``) for the block ``block_index``; 1.0 = fully new."""
+        if self.transition != "blend" or self.prev_prompt is None or self.blend_blocks <= 0:
+            return 1.0
+        done = block_index - self.since_block + 1
+        return float(min(1.0, max(0.0, done / self.blend_blocks)))
+
+
+@dataclass
+class Block:
+    """One block of decoded video: ``frames`` is ``[N, H, W, 3]`` uint8 RGB, C-contiguous."""
+
+    frames: np.ndarray
+    index: int  # block index since the scene started (reset sets it back to 0)
+    first_frame: int  # frame number (since the scene started) of frames[0]
+    state_id: int  # Steering.state_id that produced it
+    info: dict[str, Any] = field(default_factory=dict)  # generator-specific timings etc.
+
+
+class GeneratorError(RuntimeError):
+    """A generator could not be created or could not produce a block; the message says why."""
+
+
+class Generator(ABC):
+    """Base class of every video source. Not thread-safe: only the engine thread calls it."""
+
+    name: str = "base"
+    width: int
+    height: int
+    fps: float = NATIVE_FPS
+
+    @abstractmethod
+    def reset(self, steering: Steering) -> None:
+        """Start a new scene: clear every cache; the next block is block 0 again."""
+
+    @abstractmethod
+    def next_block(self, steering: Steering) -> Block:
+        """Produce the next block under ``steering`` (which may differ from the previous call's)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Static facts for ``status``: model name, resolution, fps and anything else useful."""
+        return {"model": self.name, "width": self.width, "height": self.height, "fps": self.fps}
+
+    def supports_steps(self) -> bool:
+        """Whether ``Steering.denoising_steps`` means anything to this generator."""
+        return False
+
+    def close(self) -> None:
+        """Free resources (GPU memory, files). Called once, from the engine thread."""
