@@ -1,0 +1,401 @@
+"""Wan2.1 VAE decoder with an exact streaming feature cache.
+
+Mirrors `wan/modules/vae.py` (`CausalConv3d`, `RMS_norm`, `Resample`, `ResidualBlock`,
+`AttentionBlock`, `Decoder3d`, `WanVAE_.decode/cached_decode`) and the latent de-normalisation
+of `utils/wan_wrapper.py:WanVAEWrapper.decode_to_pixel` (Self-Forcing commit 33593df).
+
+Only the decoder half is modelled: the generator produces latents, nothing here encodes video.
+Loading `Wan2.1_VAE.pth` drops the `encoder.*` and `conv1.*` keys (the encoder and its 1x1x1
+output conv) on purpose and is strict on everything else (`conv2.*`, `decoder.*`).
+
+Streaming: the official decoder walks latent frames one at a time and carries, for every
+causal 3D conv, the last 2 frames of that conv's input (`feat_cache`, 32 entries for the real
+VAE). Here that state is a `FeatureCache` object and each `CausalConv3d.forward(x, cache)`
+prepends what it saw last. Because the state is exact, decoding block by block equals decoding
+everything at once (golden: max |diff| 0.0 in the official code). A whole block is processed
+per call (not frame by frame) which is the same math, fewer kernel launches.
+
+Frame counts: the first latent frame of a stream gives 1 pixel frame (the temporal upsamplers
+skip their time conv on it), every later latent frame gives 4.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .files import load_strict, read_state_dict
+
+log = logging.getLogger("sfbridge.model.vae")
+
+CACHE_T = 2  # frames of history a k=3 causal conv needs
+
+# Per-channel latent statistics of the Wan2.1 VAE (utils/wan_wrapper.py). The generator works in
+# the normalised space z_n = (z - mean) / std; decode maps back with z = z_n * std + mean.
+# fmt: off
+LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+               0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
+LATENT_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+              3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+# fmt: on
+
+# Keys of Wan2.1_VAE.pth that belong to the encoder half and are dropped when loading.
+IGNORED_PREFIXES = ("encoder.", "conv1.")
+
+
+@dataclass
+class VAEConfig:
+    """`_video_vae` arguments (wan/modules/vae.py); defaults are the real Wan2.1 VAE."""
+
+    dim: int = 96  # base width; decoder widths are dim * [4, 4, 4, 2, 1]
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attn_scales: tuple[float, ...] = ()  # Wan2.1: attention only in the middle block
+    temperal_downsample: tuple[bool, ...] = (False, True, True)  # encoder flags; decoder reverses them
+    dropout: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VAEConfig:
+        """From a metadata.json `vae_config` (extra keys such as decode_chunk_latent_frames ignored)."""
+        return cls(
+            dim=d["dim"],
+            z_dim=d["z_dim"],
+            dim_mult=tuple(d["dim_mult"]),
+            num_res_blocks=d["num_res_blocks"],
+            attn_scales=tuple(d["attn_scales"]),
+            temperal_downsample=tuple(d["temperal_downsample"]),
+            dropout=d.get("dropout", 0.0),
+        )
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, torch.Tensor]) -> VAEConfig:
+        """Widths from the tensors; the layout (dim_mult, res blocks, flags) is Wan2.1's."""
+        dim = sd["decoder.head.2.weight"].shape[1]  # [3, dim, 3, 3, 3]
+        z_dim = sd["conv2.weight"].shape[0]  # [z, z, 1, 1, 1]
+        return cls(dim=dim, z_dim=z_dim)
+
+
+class FeatureCache:
+    """Per-conv streaming state: slot -> the last <= CACHE_T input frames [B, C, t, H, W].
+
+    A slot that exists with 0 frames means "stream started, nothing to remember yet" (used by
+    the temporal upsamplers, which skip the first frame). `reset()` starts a new stream.
+    """
+
+    def __init__(self) -> None:
+        self.frames: dict[int, torch.Tensor] = {}
+
+    def reset(self) -> None:
+        self.frames.clear()
+
+    def get(self, slot: int) -> torch.Tensor | None:
+        return self.frames.get(slot)
+
+    def put(self, slot: int, x: torch.Tensor) -> None:
+        # clone: a slice would pin the whole block's activation in memory
+        self.frames[slot] = x[:, :, -CACHE_T:].detach().clone()
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+class CausalConv3d(nn.Conv3d):
+    """Conv3d padded only in the past along time; with a cache, the past is the previous call's input."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        pt, ph, pw = self.padding
+        self.time_pad = 2 * pt  # k=3 -> 2 frames of history, k=1 -> none
+        self.space_pad = (pw, pw, ph, ph)
+        self.padding = (0, 0, 0)
+        self.slot = -1  # assigned by the owning decoder (call order, as the official feat_idx)
+
+    def forward(self, x: torch.Tensor, cache: FeatureCache | None = None) -> torch.Tensor:
+        if self.time_pad > 0 and cache is not None:
+            past = cache.get(self.slot)
+            if past is not None:
+                x = torch.cat([past.to(x.dtype), x], dim=2)
+                n_past = past.shape[2]
+            else:
+                n_past = 0
+            cache.put(self.slot, x)
+            pad_t = max(self.time_pad - n_past, 0)
+        else:
+            pad_t = self.time_pad
+        x = F.pad(x, (*self.space_pad, pad_t, 0))  # [B, C, pad_t + t, H + 2ph, W + 2pw]
+        return super().forward(x)
+
+
+class RMSNorm(nn.Module):
+    """Wan `RMS_norm`: L2-normalise over channels, times sqrt(C) * gamma (key `gamma`)."""
+
+    def __init__(self, dim: int, images: bool) -> None:
+        super().__init__()
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.ones(dim, 1, 1) if images else torch.ones(dim, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1) * self.scale * self.gamma
+
+
+class ResidualBlock(nn.Module):
+    """RMS, SiLU, conv3, RMS, SiLU, dropout, conv3 (+ 1x1x1 shortcut when widths differ)."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.residual = nn.Sequential(
+            RMSNorm(in_dim, images=False),
+            nn.SiLU(),
+            CausalConv3d(in_dim, out_dim, 3, padding=1),
+            RMSNorm(out_dim, images=False),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            CausalConv3d(out_dim, out_dim, 3, padding=1),
+        )
+        self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cache: FeatureCache | None) -> torch.Tensor:
+        h = self.shortcut(x)  # 1x1x1: needs no history, not cached (as official)
+        for layer in self.residual:
+            x = layer(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
+        return x + h
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention over the pixels of each frame (no temporal mixing)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = RMSNorm(dim, images=True)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor, cache: FeatureCache | None = None) -> torch.Tensor:
+        B, C, T, H, W = x.shape
+        h = x.permute(0, 2, 1, 3, 4).reshape(B * T, C, H, W)
+        qkv = self.to_qkv(self.norm(h))  # [BT, 3C, H, W]
+        q, k, v = qkv.reshape(B * T, 1, 3 * C, H * W).transpose(2, 3).chunk(3, dim=-1)  # [BT, 1, HW, C]
+        h = F.scaled_dot_product_attention(q, k, v)
+        h = self.proj(h.squeeze(1).transpose(1, 2).reshape(B * T, C, H, W))
+        return x + h.reshape(B, T, C, H, W).permute(0, 2, 1, 3, 4)
+
+
+class Resample(nn.Module):
+    """2x nearest upsample + 3x3 conv (halving channels); `upsample3d` first doubles time.
+
+    The time doubling is a causal (3,1,1) conv to 2C channels whose halves become two output
+    frames. The first frame of a stream skips it (one latent frame -> one image), and the
+    second frame sees zero padding instead of the first frame's features (official behaviour).
+    """
+
+    def __init__(self, dim: int, mode: str) -> None:
+        super().__init__()
+        assert mode in ("upsample2d", "upsample3d"), f"decoder-only Resample, got mode {mode}"
+        self.resample = nn.Sequential(
+            nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact"), nn.Conv2d(dim, dim // 2, 3, padding=1)
+        )
+        self.time_conv = (
+            CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0)) if mode == "upsample3d" else None
+        )
+
+    def forward(self, x: torch.Tensor, cache: FeatureCache | None) -> torch.Tensor:
+        B, C, T, H, W = x.shape
+        if self.time_conv is not None:
+            head = x[:, :, :0]
+            if cache is None or cache.get(self.time_conv.slot) is None:
+                head, x = x[:, :, :1], x[:, :, 1:]  # stream start: frame 0 passes through once
+                if cache is not None:
+                    cache.put(self.time_conv.slot, x[:, :, :0])  # started, no history yet
+            if x.shape[2] > 0:
+                t = x.shape[2]
+                y = self.time_conv(x, cache).reshape(B, 2, C, t, H, W)  # halves = 2 frames
+                x = torch.stack((y[:, 0], y[:, 1]), dim=3).reshape(B, C, 2 * t, H, W)  # interleave
+            x = torch.cat([head, x], dim=2)
+        T = x.shape[2]
+        x = x.permute(0, 2, 1, 3, 4).reshape(B * T, C, H, W)
+        x = self.resample[1](self.resample[0](x.float()).to(x.dtype))  # upsample in fp32, as official
+        return x.reshape(B, T, C // 2, 2 * H, 2 * W).permute(0, 2, 1, 3, 4)
+
+
+class Decoder3d(nn.Module):
+    """Wan2.1 `Decoder3d`: conv1, middle (res, attn, res), upsample levels, head -> RGB in ~[-1, 1]."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        dims = [cfg.dim * u for u in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]  # 96: [384,384,384,192,96]
+        temperal_upsample = cfg.temperal_downsample[::-1]
+        scale = 1.0 / 2 ** (len(cfg.dim_mult) - 2)
+        self.conv1 = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1)
+        self.middle = nn.Sequential(
+            ResidualBlock(dims[0], dims[0], cfg.dropout),
+            AttentionBlock(dims[0]),
+            ResidualBlock(dims[0], dims[0], cfg.dropout),
+        )
+        ups: list[nn.Module] = []
+        for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+            if i > 0:
+                in_dim = in_dim // 2  # the previous Resample halved the channels
+            for _ in range(cfg.num_res_blocks + 1):
+                ups.append(ResidualBlock(in_dim, out_dim, cfg.dropout))
+                if scale in cfg.attn_scales:
+                    ups.append(AttentionBlock(out_dim))
+                in_dim = out_dim
+            if i != len(cfg.dim_mult) - 1:
+                ups.append(Resample(out_dim, "upsample3d" if temperal_upsample[i] else "upsample2d"))
+                scale *= 2.0
+        self.upsamples = nn.Sequential(*ups)
+        self.head = nn.Sequential(
+            RMSNorm(dims[-1], images=False), nn.SiLU(), CausalConv3d(dims[-1], 3, 3, padding=1)
+        )
+        # cache slots in call order (the 1x1x1 shortcuts need none): 32 for Wan2.1
+        cached = [m for m in self.modules() if isinstance(m, CausalConv3d) and m.time_pad > 0]
+        order = [m for m in self._call_order() if m in cached]
+        assert len(order) == len(cached), f"call order covers {len(order)} of {len(cached)} causal convs"
+        for slot, m in enumerate(order):
+            m.slot = slot
+        self.num_cache_slots = len(order)
+
+    def _call_order(self) -> list[nn.Module]:
+        """Causal convs in the order forward() calls them (residual convs before a block's next one)."""
+        out = [self.conv1]
+        for blk in [*self.middle, *self.upsamples]:
+            if isinstance(blk, ResidualBlock):
+                out += [m for m in blk.residual if isinstance(m, CausalConv3d)]
+            elif isinstance(blk, Resample) and blk.time_conv is not None:
+                out.append(blk.time_conv)
+        return out + [self.head[2]]
+
+    def forward(self, x: torch.Tensor, cache: FeatureCache | None) -> torch.Tensor:
+        x = self.conv1(x, cache)
+        for layer in [*self.middle, *self.upsamples]:
+            x = layer(x, cache)
+        for layer in self.head:
+            x = layer(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
+        return x
+
+
+class WanVAEDecoder(nn.Module):
+    """conv2 (1x1x1 latent conv) + Decoder3d; keys `conv2.*`, `decoder.*` of Wan2.1_VAE.pth.
+
+    `forward(latents [B, F, z, h, w] normalised, cache)` -> pixels [B, T, 3, 8h, 8w] clamped to
+    [-1, 1], T = 4F (or 4F - 3 for the first block of a stream).
+    """
+
+    def __init__(self, cfg: VAEConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or VAEConfig()
+        self.conv2 = CausalConv3d(self.cfg.z_dim, self.cfg.z_dim, 1)
+        self.decoder = Decoder3d(self.cfg)
+        # not in the checkpoint: the wrapper's constants (persistent=False keeps them out of state_dict)
+        assert self.cfg.z_dim == len(LATENT_MEAN), (
+            f"normalisation constants are for z_dim 16, got {self.cfg.z_dim}"
+        )
+        self.register_buffer("mean", torch.tensor(LATENT_MEAN).view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(LATENT_STD).view(1, -1, 1, 1, 1), persistent=False)
+
+    @property
+    def num_cache_slots(self) -> int:
+        return self.decoder.num_cache_slots
+
+    def forward(self, latents: torch.Tensor, cache: FeatureCache | None) -> torch.Tensor:
+        B, F_, C, h, w = latents.shape
+        assert C == self.cfg.z_dim, (
+            f"latents must be [B, F, {self.cfg.z_dim}, h, w], got {tuple(latents.shape)}"
+        )
+        z = latents.to(self.conv2.weight.dtype).permute(0, 2, 1, 3, 4)  # [B, z, F, h, w]
+        # official: z / (1/std) + mean, i.e. z * std + mean (differs from this in the last bit only)
+        z = z * self.std.to(z.dtype) + self.mean.to(z.dtype)
+        x = self.decoder(self.conv2(z), cache)  # [B, 3, T, 8h, 8w]
+        return x.clamp(-1, 1).permute(0, 2, 1, 3, 4)  # [B, T, 3, H, W]
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike,
+        cfg: VAEConfig | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> WanVAEDecoder:
+        """Load `Wan2.1_VAE.pth` (or a .safetensors with the same keys), strict except the encoder keys."""
+        sd = read_state_dict(path)
+        return cls.from_state_dict(sd, cfg, device, dtype, source=str(path))
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        sd: dict[str, torch.Tensor],
+        cfg: VAEConfig | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        source: str = "<state dict>",
+    ) -> WanVAEDecoder:
+        if cfg is None:
+            from .files import ModelFileError
+
+            for k in ("decoder.head.2.weight", "conv2.weight"):
+                if k not in sd:
+                    raise ModelFileError(f"{source}: missing key {k!r} (not a Wan2.1 VAE state dict?)")
+            cfg = VAEConfig.from_state_dict(sd)
+        model = cls(cfg)
+        load_strict(model, sd, source, ignore_prefixes=IGNORED_PREFIXES)
+        return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, latent_frames_per_call: int | None = 1) -> torch.Tensor:
+        """One-shot decode of a whole clip: [B, F, z, h, w] -> [B, 1 + 4(F-1), 3, 8h, 8w] in [-1, 1]."""
+        return StreamingVAEDecoder(self, latent_frames_per_call).push(latents)
+
+
+class StreamingVAEDecoder:
+    """Exact block-by-block decode: `push` each block's latents, get its pixels.
+
+        dec = StreamingVAEDecoder(vae)
+        for latents in blocks:              # [B, F, 16, h, w], generator (normalised) space
+            pixels = dec.push(latents)      # [B, 4F (first block 4F-3), 3, 8h, 8w] in [-1, 1]
+        dec.reset()                         # new video
+
+    `latent_frames_per_call`: latent frames per decoder call. 1 (default) is the official loop:
+    every latent frame then goes through the same ops whatever the block size, so any chunking
+    is bit-identical to a one-shot decode, and peak memory at 480x832 stays low. None (whole
+    block per call) launches fewer kernels; results then differ from 1 by float rounding (~1e-5).
+    """
+
+    def __init__(self, vae: WanVAEDecoder, latent_frames_per_call: int | None = 1) -> None:
+        self.vae = vae
+        self.latent_frames_per_call = latent_frames_per_call
+        self.cache = FeatureCache()
+        self.frames_in = 0
+
+    def reset(self) -> None:
+        self.cache.reset()
+        self.frames_in = 0
+
+    @torch.no_grad()
+    def push(self, latents: torch.Tensor) -> torch.Tensor:
+        assert latents.ndim == 5, f"latents must be [B, F, C, h, w], got {tuple(latents.shape)}"
+        step = self.latent_frames_per_call or latents.shape[1]
+        out = [self.vae(latents[:, i : i + step], self.cache) for i in range(0, latents.shape[1], step)]
+        self.frames_in += latents.shape[1]
+        return torch.cat(out, dim=1)
+
+
+def to_uint8_rgb(pixels: torch.Tensor) -> torch.Tensor:
+    """[B, T, 3, H, W] or [T, 3, H, W] in [-1, 1] -> uint8 [B*T, H, W, 3].
+
+    Mapping as the pipeline: clamp to [-1, 1], then x * 0.5 + 0.5 to [0, 1]; to uint8 by
+    ROUNDING (x * 255).round(). demo.py truncates (`clamp * 127.5 + 127.5` then `.byte()`),
+    which is biased by half a level; the two differ by at most 1.
+    """
+    if pixels.ndim == 5:
+        pixels = pixels.flatten(0, 1)
+    assert pixels.ndim == 4 and pixels.shape[1] == 3, (
+        f"pixels must be [..., T, 3, H, W], got {tuple(pixels.shape)}"
+    )
+    x = (pixels.float().clamp(-1, 1) * 0.5 + 0.5) * 255.0
+    return x.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
