@@ -14,11 +14,11 @@ import torch
 
 def _inv_freq(sub_dim: int, theta: float = 10000.0) -> torch.Tensor:
     """Per-axis frequencies 1/theta^(2j/sub_dim), normalised by the axis' OWN real size."""
-    return 1.0 / torch.pow(theta, torch.arange(0, sub_dim, 2).to(torch.float64).div(sub_dim))
+    return 1.0 / torch.pow(theta, torch.arange(0, sub_dim, 2, device="cpu").to(torch.float64).div(sub_dim))
 
 
 def _polar(pos: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
-    angles = torch.outer(pos.to(torch.float64), inv)
+    angles = torch.outer(pos.to(device="cpu", dtype=torch.float64), inv)
     return torch.polar(torch.ones_like(angles), angles)
 
 
@@ -33,9 +33,14 @@ class RoPE:
         self.inv_h = _inv_freq(2 * (d // 6), theta)  # [c_h]
         self.inv_w = _inv_freq(2 * (d // 6), theta)
         self.c_t = self.inv_t.numel()
+        self._last: tuple[tuple, torch.Tensor] | None = None  # 5 calls per block share one table
+
 
     def freqs(self, start_frame: int, F: int, h: int, w: int, device: torch.device) -> torch.Tensor:
         """Complex128 rotations for F frames of h x w tokens starting at start_frame: [1, F*h*w, 1, d/2]."""
+        key = (start_frame, F, h, w, str(device))
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
         ft = _polar(torch.arange(start_frame, start_frame + F), self.inv_t)  # [F, c_t]
         fh = _polar(torch.arange(h), self.inv_h)  # [h, c_h]
         fw = _polar(torch.arange(w), self.inv_w)  # [w, c_w]
@@ -44,7 +49,9 @@ class RoPE:
             fh.view(1, h, 1, -1).expand(F, h, w, -1),
             fw.view(1, 1, w, -1).expand(F, h, w, -1),
         ], dim=-1)
-        return f.reshape(1, F * h * w, 1, -1).to(device)
+        f = f.reshape(1, F * h * w, 1, -1).to(device)
+        self._last = (key, f)
+        return f
 
     @staticmethod
     def apply(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
