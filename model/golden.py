@@ -111,7 +111,8 @@ def check(d: str | Path, atol: float = 1e-4, rtol: float = 1e-4,
         items.append(compare(f"{scenario}.x0_per_step", r["x0_per_step"], out["x0_per_step"], atol, rtol))
         items.append(compare(f"{scenario}.kv_layer0_k", r["k"], out["kv_layer0_k_final"], atol, rtol))
         items.append(compare(f"{scenario}.kv_layer0_v", r["v"], out["kv_layer0_v_final"], atol, rtol))
-        keys = ("current_start", "global_end_before", "local_end_before", "global_end_after", "local_end_after")
+        keys = ("current_start", "global_end_before", "local_end_before",
+                "global_end_after", "local_end_after")
         want = [{k: t[k] for k in keys} for t in meta["scenarios"][scenario]["trace"]]
         same = want == r["trace"]
         items.append(Item(f"{scenario}.cache_trace ({len(want)} calls)", 0.0 if same else float("inf"),
