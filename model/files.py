@@ -83,12 +83,14 @@ def load_strict(
     sd: dict[str, torch.Tensor],
     source: str | os.PathLike,
     ignore_prefixes: tuple[str, ...] = (),
+    assign: bool = False,
 ) -> list[str]:
     """Copy `sd` into `module`, strict on every key the module has.
 
     Keys starting with one of `ignore_prefixes` are dropped first (documented per caller, e.g.
     the VAE encoder half that sfbridge never runs); any other unexpected key, any missing key and
     any shape mismatch raises ModelFileError naming `source` and the key. Returns the ignored keys.
+    `assign`: adopt the tensors instead of copying (for modules built on the meta device).
     """
     ignored = [k for k in sd if k.startswith(ignore_prefixes)] if ignore_prefixes else []
     sd = {k: v for k, v in sd.items() if not k.startswith(ignore_prefixes)} if ignore_prefixes else sd
@@ -98,15 +100,13 @@ def load_strict(
     if missing:
         raise ModelFileError(f"{source}: missing key {missing[0]!r} ({len(missing)} missing in all)")
     if unexpected:
-        raise ModelFileError(
-            f"{source}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected in all)"
-        )
+        raise ModelFileError(f"{source}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected in all)")
     for k, v in own.items():
         if tuple(sd[k].shape) != tuple(v.shape):
             raise ModelFileError(
                 f"{source}: key {k!r} has shape {list(sd[k].shape)}, the module expects {list(v.shape)}"
             )
-    module.load_state_dict(sd, strict=True)
+    module.load_state_dict(sd, strict=True, assign=assign)
     if ignored:
         log.debug("%s: ignored %d keys with prefixes %s", source, len(ignored), ignore_prefixes)
     return ignored
@@ -165,9 +165,7 @@ FILE_SPECS: tuple[FileSpec, ...] = (
         "unknown",
         is_dir=True,
     ),
-    FileSpec(
-        "taehv", "taew2_1.pth", "github:madebyollin/taehv", "taew2_1.pth", "~22 MB", "unknown", required=False
-    ),
+    FileSpec("taehv", "taew2_1.pth", "github:madebyollin/taehv", "taew2_1.pth", "~22 MB", "unknown", required=False),
 )
 
 
@@ -256,9 +254,7 @@ def probe_file(path: Path) -> tuple[bool, str]:
     if path.is_dir():
         names = {p.name for p in path.iterdir()}
         ok = bool(names & {"spiece.model", "tokenizer.json"})
-        return ok, (
-            "tokenizer files: " + ", ".join(sorted(names))
-        ) if ok else "no spiece.model/tokenizer.json"
+        return ok, ("tokenizer files: " + ", ".join(sorted(names))) if ok else "no spiece.model/tokenizer.json"
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -280,9 +276,7 @@ def probe_file(path: Path) -> tuple[bool, str]:
         return False, f"{type(e).__name__}: {e}"
 
 
-def check_files(
-    model_dir: str | os.PathLike | None = None, hf_cache: str | os.PathLike | None = None
-) -> list[dict]:
+def check_files(model_dir: str | os.PathLike | None = None, hf_cache: str | os.PathLike | None = None) -> list[dict]:
     """Per file: {name, path, required, present, loadable, ok, detail}."""
     files = resolve_model_files(model_dir, hf_cache)
     rows = []
@@ -304,9 +298,7 @@ def check_files(
     return rows
 
 
-def doctor_report(
-    model_dir: str | os.PathLike | None = None, hf_cache: str | os.PathLike | None = None
-) -> list[dict]:
+def doctor_report(model_dir: str | os.PathLike | None = None, hf_cache: str | os.PathLike | None = None) -> list[dict]:
     """Structured checks for `sfbridge doctor`: a list of {name, ok, detail}.
 
     Environment checks (torch, CUDA, GPU, flash-attn) come first, then one row per model file.
@@ -314,24 +306,18 @@ def doctor_report(
     """
     rows: list[dict] = [dict(name="torch", ok=True, detail=torch.__version__)]
     cuda = torch.cuda.is_available()
-    rows.append(
-        dict(name="cuda", ok=cuda, detail=f"CUDA {torch.version.cuda}" if cuda else "CUDA not available")
-    )
+    rows.append(dict(name="cuda", ok=cuda, detail=f"CUDA {torch.version.cuda}" if cuda else "CUDA not available"))
     if cuda:
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
             gib = p.total_memory / 2**30
-            rows.append(
-                dict(name=f"gpu{i}", ok=gib >= 23.0, detail=f"{p.name}, {gib:.1f} GiB (24 GB needed)")
-            )
+            rows.append(dict(name=f"gpu{i}", ok=gib >= 23.0, detail=f"{p.name}, {gib:.1f} GiB (24 GB needed)"))
     try:
         import flash_attn  # noqa: F401
 
         rows.append(dict(name="flash_attn", ok=True, detail=getattr(flash_attn, "__version__", "importable")))
     except Exception as e:  # noqa: BLE001
-        rows.append(
-            dict(name="flash_attn", ok=False, detail=f"not importable ({type(e).__name__}); SDPA fallback")
-        )
+        rows.append(dict(name="flash_attn", ok=False, detail=f"not importable ({type(e).__name__}); SDPA fallback"))
     for r in check_files(model_dir, hf_cache):
         rows.append(dict(name=f"file:{r['name']}", ok=r["ok"], detail=f"{r['path']}: {r['detail']}"))
     return rows

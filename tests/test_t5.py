@@ -1,0 +1,158 @@
+"""Text encoder: Wan UMT5 checkpoint -> transformers UMT5 golden parity, tokenizer folder loaded
+offline like the real google/umt5-xxl, official prompt cleaning, LRU cache, strict-load errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from sfbridge.model.files import ModelFileError
+from sfbridge.model.t5 import (
+    TextEncoder,
+    clean_prompt,
+    load_tokenizer,
+    tiny_tokenizer,
+    umt5_from_wan_state_dict,
+)
+
+GOLDEN = Path(__file__).parent / "data" / "golden"
+T5CFG = json.loads((GOLDEN / "metadata.json").read_text())["t5_config"]
+
+
+@pytest.fixture(scope="module")
+def io() -> dict[str, torch.Tensor]:
+    return load_file(str(GOLDEN / "t5_io.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory) -> Path:
+    """A tokenizer folder shaped like google/umt5-xxl/ (spiece.model + tokenizer_config.json)."""
+    d = tmp_path_factory.mktemp("umt5-xxl")
+    tok = tiny_tokenizer(T5CFG["vocab"])
+    (d / "spiece.model").write_bytes(tok.sp_model_proto)
+    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5Tokenizer", "extra_ids": 0}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def golden_encoder(tok_dir) -> TextEncoder:
+    return TextEncoder.from_wan_files(
+        GOLDEN / "t5_encoder.safetensors",
+        tok_dir,
+        eps=T5CFG["eps"],
+        max_dist=T5CFG["max_dist"],
+        text_len=T5CFG["seq_len"],
+        dtype=torch.float32,
+    )
+
+
+def test_config_from_state_dict(golden_encoder):
+    c = golden_encoder.model.config
+    assert (c.vocab_size, c.d_model, c.d_ff, c.num_heads, c.num_layers) == (
+        T5CFG["vocab"],
+        T5CFG["dim"],
+        T5CFG["dim_ffn"],
+        T5CFG["num_heads"],
+        T5CFG["num_layers"],
+    )
+    assert c.d_kv * c.num_heads == T5CFG["dim_attn"]
+    assert c.relative_attention_num_buckets == T5CFG["num_buckets"]
+
+
+def test_golden_raw_and_zeroed(golden_encoder, io):
+    raw = golden_encoder.model(input_ids=io["ids"], attention_mask=io["mask"]).last_hidden_state
+    torch.testing.assert_close(raw, io["encoder_raw"], atol=1e-4, rtol=1e-4)
+    pe = golden_encoder.encode_ids(io["ids"], io["mask"])
+    torch.testing.assert_close(pe, io["prompt_embeds"], atol=1e-4, rtol=1e-4)
+    n = int(io["mask"].sum())
+    assert n == T5CFG["real_tokens"] and (pe[:, n:] == 0).all()
+
+
+def test_load_from_pth(tmp_path, tok_dir, io):
+    torch.save(load_file(str(GOLDEN / "t5_encoder.safetensors")), tmp_path / "models_t5_umt5-xxl-enc-bf16.pth")
+    enc = TextEncoder.from_wan_files(
+        tmp_path / "models_t5_umt5-xxl-enc-bf16.pth", tok_dir, text_len=T5CFG["seq_len"], dtype=torch.float32
+    )
+    torch.testing.assert_close(enc.encode_ids(io["ids"], io["mask"]), io["prompt_embeds"], atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_close(tok_dir, io):
+    sd = load_file(str(GOLDEN / "t5_encoder.safetensors"))
+    model = umt5_from_wan_state_dict(sd, dtype=torch.bfloat16)
+    enc = TextEncoder(model, load_tokenizer(tok_dir), text_len=T5CFG["seq_len"], dtype=torch.bfloat16)
+    out = enc.encode_ids(io["ids"], io["mask"])
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - io["prompt_embeds"]).abs().max() < 0.1
+
+
+def test_tokenizer_folder_matches_sentencepiece(golden_encoder):
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=tiny_tokenizer(T5CFG["vocab"]).sp_model_proto)
+    ids, mask = golden_encoder.tokenize(["  a quick   brown fox  "])
+    expect = sp.encode("a quick brown fox") + [1]  # + </s>
+    assert ids[0, : len(expect)].tolist() == expect
+    assert int(mask.sum()) == len(expect) and ids.shape == (1, T5CFG["seq_len"])
+    assert (ids[0, len(expect) :] == 0).all()
+    long_ids, long_mask = golden_encoder.tokenize(["fox " * 100])
+    assert long_ids.shape[1] == T5CFG["seq_len"] and long_mask.all() and long_ids[0, -1] == 1
+
+
+def test_clean_prompt():
+    assert clean_prompt("  a\t cat &amp;amp; dog\n\n ") == "a cat & dog"
+    assert clean_prompt("caf\u00c3\u00a9") == "caf\u00e9"  # ftfy repairs mojibake
+
+
+def test_lru_cache_counts_encoder_calls():
+    enc = TextEncoder.tiny_random(seed=1, dim=32, text_len=12, cache_size=2)
+    a = enc.encode(["a cat", "a dog"])
+    assert a.shape == (2, 12, 32) and enc.encoder_calls == 1
+    b = enc.encode(["a  cat "])  # same cleaned text -> cache hit
+    assert enc.encoder_calls == 1
+    torch.testing.assert_close(b[0], a[0], atol=0, rtol=0)
+    enc.encode(["a fox", "a cat", "a cat"])  # one new prompt, duplicates encoded once
+    assert enc.encoder_calls == 2
+    enc.encode(["a dog"])  # evicted (size 2: fox, cat kept)
+    assert enc.encoder_calls == 3 and len(enc.cache) == 2
+
+
+def test_tiny_random_is_seeded_and_offloads():
+    e1 = TextEncoder.tiny_random(seed=3, offload_after_encode=True)
+    e2 = TextEncoder.tiny_random(seed=3)
+    out1 = e1.encode(["snow on a forest"])
+    torch.testing.assert_close(out1, e2.encode(["snow on a forest"]), atol=0, rtol=0)
+    assert next(e1.model.parameters()).device.type == "cpu"
+    e1.cache.clear()
+    torch.testing.assert_close(e1.encode(["snow on a forest"]), out1, atol=0, rtol=0)  # reloads after offload
+
+
+def test_diffusers_text_encoder_folder(tmp_path, tok_dir):
+    enc = TextEncoder.tiny_random(seed=4, vocab=T5CFG["vocab"], dim=32, text_len=10)
+    enc.model.save_pretrained(tmp_path / "text_encoder")
+    again = TextEncoder.from_pretrained_dir(tmp_path / "text_encoder", tok_dir, text_len=10, dtype=torch.float32)
+    ids, mask = enc.tokenize(["a cat"])
+    torch.testing.assert_close(again.encode_ids(ids, mask), enc.encode_ids(ids, mask), atol=1e-6, rtol=1e-6)
+
+
+def _err(tmp_path, sd, tok_dir, *needles):
+    p = tmp_path / "t5.safetensors"
+    save_file(sd, str(p))
+    with pytest.raises(ModelFileError) as e:
+        TextEncoder.from_wan_files(p, tok_dir, dtype=torch.float32)
+    for n in (str(p), *needles):
+        assert n in str(e.value), str(e.value)
+
+
+def test_strict_load_errors(tmp_path, tok_dir):
+    sd = load_file(str(GOLDEN / "t5_encoder.safetensors"))
+    bad = dict(sd)
+    del bad["blocks.1.ffn.fc2.weight"]
+    _err(tmp_path, bad, tok_dir, "encoder.block.1.layer.1.DenseReluDense.wo.weight", "missing")
+    bad = dict(sd, **{"blocks.0.attn.extra.weight": torch.zeros(1)})
+    _err(tmp_path, bad, tok_dir, "blocks.0.attn.extra.weight", "unexpected")
+    bad = dict(sd, **{"blocks.1.norm2.weight": torch.zeros(5)})
+    _err(tmp_path, bad, tok_dir, "layer.1.layer_norm.weight", "shape")
+    _err(tmp_path, {"x": torch.zeros(1)}, tok_dir, "token_embedding.weight")
+    with pytest.raises(ModelFileError, match="tokenizer folder not found"):
+        load_tokenizer(tmp_path / "nope")
