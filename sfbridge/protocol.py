@@ -1,1 +1,248 @@
+"""Wire protocol v1: message validation at the socket edge, headers, events. See docs/PROTOCOL.md.
+
+Requests are validated here into frozen dataclasses, so the rest of the daemon only ever sees
+well-typed commands. Anything wrong raises :class:`ProtocolError` with a code from
+:data:`ERROR_CODES`; the control thread turns that into an error reply and carries on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
 PROTOCOL_VERSION = 1
+
+DEFAULT_CONTROL = "tcp://127.0.0.1:5555"  # ROUTER: requests and replies
+DEFAULT_FRAMES = "tcp://127.0.0.1:5556"  # XPUB: frames and events
+
+MAX_REQUEST_BYTES = 65536  # larger requests get a `too_large` error reply
+MAX_SOCKET_MESSAGE_BYTES = 1 << 20  # ZMQ_MAXMSGSIZE on the ROUTER: libzmq drops such peers
+MAX_PROMPT_CHARS = 4000
+MAX_SEED = 2**63 - 1
+MAX_BLEND_BLOCKS = 64
+
+FRAME_FORMATS = ("jpeg", "rgb24")
+EVENT_TOPIC = "event"
+TRANSITIONS = ("cut", "blend")
+
+ERROR_CODES = (
+    "bad_msgpack",
+    "bad_request",
+    "unknown_op",
+    "invalid_value",
+    "too_large",
+    "not_supported",
+    "internal",
+)
+
+
+class ProtocolError(Exception):
+    """A request the daemon refuses; ``code`` is one of :data:`ERROR_CODES`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        assert code in ERROR_CODES, code
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed requests
+
+
+@dataclass(frozen=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True)
+class Status:
+    pass
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    transition: str = "cut"
+    blend_blocks: int = 4
+
+
+@dataclass(frozen=True)
+class Seed:
+    seed: int
+
+
+@dataclass(frozen=True)
+class Steps:
+    steps: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Pause:
+    pass
+
+
+@dataclass(frozen=True)
+class Resume:
+    pass
+
+
+@dataclass(frozen=True)
+class Reset:
+    prompt: str | None = None
+    seed: int | None = None
+
+
+Request = Ping | Status | Prompt | Seed | Steps | Pause | Resume | Reset
+
+
+def _field(msg: dict, name: str, types: type | tuple[type, ...], required: bool, op: str) -> Any:
+    if name not in msg or msg[name] is None:
+        if required:
+            raise ProtocolError("bad_request", f"op {op!r} needs field {name!r}")
+        return None
+    value = msg[name]
+    # bool is a subclass of int: a `true` seed is a type error, not seed 1.
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise ProtocolError("bad_request", f"field {name!r} of op {op!r} must be {_tname(types)}, got bool")
+    if not isinstance(value, types):
+        raise ProtocolError(
+            "bad_request", f"field {name!r} of op {op!r} must be {_tname(types)}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _tname(types: type | tuple[type, ...]) -> str:
+    ts = types if isinstance(types, tuple) else (types,)
+    return " or ".join({int: "int", str: "str", list: "array", bool: "bool", float: "float"}.get(t, t.__name__)
+                       for t in ts)
+
+
+def _prompt_text(text: str, field: str, op: str) -> str:
+    text = text.strip()
+    if not text:
+        raise ProtocolError("invalid_value", f"field {field!r} of op {op!r} must not be empty")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise ProtocolError(
+            "invalid_value", f"field {field!r} of op {op!r} has {len(text)} chars, max {MAX_PROMPT_CHARS}"
+        )
+    return text
+
+
+def _seed(value: int, op: str) -> int:
+    if not 0 <= value <= MAX_SEED:
+        raise ProtocolError("invalid_value", f"seed of op {op!r} must be in 0..2^63-1, got {value}")
+    return value
+
+
+def _parse_prompt(m: dict) -> Prompt:
+    text = _prompt_text(_field(m, "text", str, True, "prompt"), "text", "prompt")
+    transition = _field(m, "transition", str, False, "prompt") or "cut"
+    if transition not in TRANSITIONS:
+        raise ProtocolError("invalid_value", f"transition must be one of {TRANSITIONS}, got {transition!r}")
+    blend = _field(m, "blend_blocks", int, False, "prompt")
+    blend = 4 if blend is None else blend
+    if not 1 <= blend <= MAX_BLEND_BLOCKS:
+        raise ProtocolError("invalid_value", f"blend_blocks must be in 1..{MAX_BLEND_BLOCKS}, got {blend}")
+    return Prompt(text=text, transition=transition, blend_blocks=blend)
+
+
+def _parse_steps(m: dict) -> Steps:
+    steps = _field(m, "steps", list, True, "steps")
+    if not 1 <= len(steps) <= 4:
+        raise ProtocolError("invalid_value", f"steps must hold 1 to 4 values, got {len(steps)}")
+    for s in steps:
+        if isinstance(s, bool) or not isinstance(s, int):
+            raise ProtocolError("bad_request", f"steps must be integers, got {type(s).__name__}")
+        if not 1 <= s <= 1000:
+            raise ProtocolError("invalid_value", f"each step must be in 1..1000, got {s}")
+    if any(a <= b for a, b in zip(steps, steps[1:], strict=False)):
+        raise ProtocolError("invalid_value", f"steps must be strictly decreasing, got {steps}")
+    return Steps(steps=tuple(steps))
+
+
+def _parse_reset(m: dict) -> Reset:
+    prompt = _field(m, "prompt", str, False, "reset")
+    seed = _field(m, "seed", int, False, "reset")
+    return Reset(
+        prompt=None if prompt is None else _prompt_text(prompt, "prompt", "reset"),
+        seed=None if seed is None else _seed(seed, "reset"),
+    )
+
+
+_PARSERS = {
+    "ping": lambda m: Ping(),
+    "status": lambda m: Status(),
+    "prompt": _parse_prompt,
+    "seed": lambda m: Seed(seed=_seed(_field(m, "seed", int, True, "seed"), "seed")),
+    "steps": _parse_steps,
+    "pause": lambda m: Pause(),
+    "resume": lambda m: Resume(),
+    "reset": _parse_reset,
+}
+OPS = tuple(_PARSERS)
+
+
+def decode_request(body: bytes) -> tuple[Any, Request]:
+    """Decode and validate one request body -> ``(id, request)``.
+
+    Raises :class:`ProtocolError`; its ``.request_id`` attribute holds the id when it could be read,
+    so even a rejected request's reply carries the client's id.
+    """
+    if len(body) > MAX_REQUEST_BYTES:
+        raise ProtocolError("too_large", f"request is {len(body)} bytes, max {MAX_REQUEST_BYTES}")
+    try:
+        msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise ProtocolError("bad_msgpack", f"body is not valid msgpack: {type(exc).__name__}: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("bad_request", f"request must be a msgpack map, got {type(msg).__name__}")
+    rid = msg.get("id")
+    if not (rid is None or isinstance(rid, (int, str))) or isinstance(rid, bool):
+        rid = None
+    try:
+        op = msg.get("op")
+        if op is None:
+            raise ProtocolError("bad_request", "request has no 'op' field")
+        if not isinstance(op, str):
+            raise ProtocolError("bad_request", f"'op' must be a string, got {type(op).__name__}")
+        parser = _PARSERS.get(op)
+        if parser is None:
+            raise ProtocolError("unknown_op", f"unknown op {op[:64]!r}; known ops: {', '.join(OPS)}")
+        return rid, parser(msg)
+    except ProtocolError as err:
+        err.request_id = rid  # type: ignore[attr-defined]
+        raise
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def ok_reply(rid: Any, result: dict) -> bytes:
+    return pack({"id": rid, "ok": True, "v": PROTOCOL_VERSION, "result": result})
+
+
+def error_reply(rid: Any, code: str, message: str) -> bytes:
+    return pack({"id": rid, "ok": False, "v": PROTOCOL_VERSION, "error": {"code": code, "message": message}})
+
+
+def make_event(type_: str, **fields: Any) -> dict:
+    return {"v": PROTOCOL_VERSION, "type": type_, "t": time.time(), **fields}
+
+
+def frame_header(*, stream: str, seq: int, block: int, idx: int, frame: int, fps: float, width: int,
+                 height: int, fmt: str, state: int, t_gen: float) -> dict:
+    """The frame header map (docs/PROTOCOL.md 3.1); ``t_pub`` is filled in right before sending."""
+    return {
+        "v": PROTOCOL_VERSION, "stream": stream, "seq": seq, "block": block, "idx": idx, "frame": frame,
+        "pts": frame / fps, "w": width, "h": height, "format": fmt, "state": state, "t_gen": t_gen,
+        "t_pub": 0.0,
+    }

@@ -1,0 +1,123 @@
+"""asyncio flavour of :class:`sfbridge.Client` (``zmq.asyncio``), for async apps and servers.
+
+Same protocol, same Lazy Pirate retry policy, same latest-frame draining; every call is a
+coroutine and ``subscribe`` is an async iterator.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from sfbridge.client import (
+    REQUEST_RETRIES,
+    REQUEST_TIMEOUT_S,
+    DaemonUnavailable,
+    Frame,
+    RequestError,
+    decode_frame,
+)
+from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES, EVENT_TOPIC, FRAME_FORMATS, pack, unpack
+
+log = logging.getLogger("sfbridge.client")
+
+
+class AsyncClient:
+    def __init__(self, control: str = DEFAULT_CONTROL, frames: str = DEFAULT_FRAMES,
+                 timeout: float = REQUEST_TIMEOUT_S, retries: int = REQUEST_RETRIES) -> None:
+        self.control_endpoint, self.frames_endpoint = control, frames
+        self.timeout, self.retries = timeout, retries
+        self.ctx = zmq.asyncio.Context.instance()
+        self._ids = itertools.count(1)
+        self._sock: zmq.asyncio.Socket | None = None
+
+    def _socket(self) -> zmq.asyncio.Socket:
+        if self._sock is None:
+            self._sock = self.ctx.socket(zmq.DEALER)
+            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.connect(self.control_endpoint)
+        return self._sock
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    async def request(self, op: str, **args: Any) -> dict:
+        rid = next(self._ids)
+        body = pack({"op": op, "id": rid, **args})
+        for _attempt in range(self.retries):
+            sock = self._socket()
+            await sock.send(body)
+            while await sock.poll(int(self.timeout * 1000), zmq.POLLIN):
+                reply = unpack(await sock.recv())
+                if not isinstance(reply, dict) or reply.get("id") not in (rid, None):
+                    continue  # a late reply to an earlier, timed-out request
+                if reply.get("ok"):
+                    return reply.get("result") or {}
+                err = reply.get("error") or {}
+                raise RequestError(str(err.get("code", "internal")), str(err.get("message", "")))
+            self._drop_socket()
+        raise DaemonUnavailable(f"no reply from sfbridge daemon at {self.control_endpoint} after "
+                                f"{self.retries} tries of {self.timeout:.1f} s (is `sfbridge serve` running?)")
+
+    async def status(self) -> dict:
+        return await self.request("status")
+
+    async def set_prompt(self, text: str, transition: str = "cut", blend_blocks: int = 4) -> dict:
+        return await self.request("prompt", text=text, transition=transition, blend_blocks=blend_blocks)
+
+    async def set_seed(self, seed: int) -> dict:
+        return await self.request("seed", seed=seed)
+
+    async def pause(self) -> dict:
+        return await self.request("pause")
+
+    async def resume(self) -> dict:
+        return await self.request("resume")
+
+    async def reset(self, prompt: str | None = None, seed: int | None = None) -> dict:
+        args = {k: v for k, v in (("prompt", prompt), ("seed", seed)) if v is not None}
+        return await self.request("reset", **args)
+
+    async def subscribe(self, format: str = "jpeg", latest_only: bool = True,
+                        timeout: float | None = None) -> AsyncIterator[Frame]:
+        if format not in FRAME_FORMATS:
+            raise ValueError(f"format must be one of {FRAME_FORMATS}, got {format!r}")
+        sock = self.ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 4)
+        sock.setsockopt(zmq.SUBSCRIBE, format.encode())
+        sock.connect(self.frames_endpoint)
+        last: tuple[Any, int] | None = None
+        try:
+            while True:
+                if not await sock.poll(None if timeout is None else int(timeout * 1000), zmq.POLLIN):
+                    raise DaemonUnavailable(f"no frames from {self.frames_endpoint} within {timeout} s")
+                msg = await sock.recv_multipart()
+                if latest_only:
+                    while True:
+                        try:
+                            msg = await sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                if len(msg) < 3 or msg[0] == EVENT_TOPIC.encode():
+                    continue
+                header = unpack(msg[1])
+                key = (header.get("stream"), header.get("seq", -1))
+                if last is not None and key[0] == last[0] and key[1] <= last[1]:
+                    continue
+                last = key
+                image: np.ndarray = decode_frame(header["format"], header, msg[2])
+                yield Frame(image=image, header=header, payload=msg[2])
+        finally:
+            sock.close(linger=0)
+
+    def close(self) -> None:
+        self._drop_socket()

@@ -1,0 +1,221 @@
+"""Python client: ``Client.subscribe()`` for frames, ``set_prompt()`` and friends for steering.
+
+Control requests follow the ZeroMQ guide's Lazy Pirate: send on a DEALER, poll with a timeout,
+on timeout close the socket (LINGER 0), open a new one and retry; after the last retry raise
+:class:`DaemonUnavailable`. Frames come from a SUB socket; with ``latest_only`` the client
+drains everything waiting and yields only the newest frame, which is how a game wants a live
+background (never CONFLATE: it breaks multipart messages).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from sfbridge.encoders import decode_jpeg
+from sfbridge.protocol import (
+    DEFAULT_CONTROL,
+    DEFAULT_FRAMES,
+    EVENT_TOPIC,
+    FRAME_FORMATS,
+    PROTOCOL_VERSION,
+    pack,
+    unpack,
+)
+
+log = logging.getLogger("sfbridge.client")
+
+REQUEST_TIMEOUT_S = 2.0
+REQUEST_RETRIES = 3
+
+
+class SfbridgeError(Exception):
+    """Base class of client errors."""
+
+
+class DaemonUnavailable(SfbridgeError):
+    """No reply from the daemon after all retries (not running, wrong endpoint, or hung)."""
+
+
+class RequestError(SfbridgeError):
+    """The daemon answered with an error reply; ``code`` is from docs/PROTOCOL.md 2.4."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Frame:
+    """A received frame: ``image`` is [H, W, 3] uint8 RGB; ``header`` the protocol header map."""
+
+    image: np.ndarray
+    header: dict[str, Any]
+    payload: bytes = field(repr=False, default=b"")
+
+    def __getattr__(self, name: str) -> Any:  # frame.seq, frame.block, frame.state, ...
+        try:
+            return self.__dict__["header"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def decode_frame(fmt: str, header: dict, payload: bytes) -> np.ndarray:
+    if fmt == "jpeg":
+        return decode_jpeg(payload)
+    if fmt == "rgb24":
+        w, h = header["w"], header["h"]
+        if len(payload) != w * h * 3:
+            raise SfbridgeError(f"rgb24 payload is {len(payload)} bytes, expected {w}x{h}x3")
+        return np.frombuffer(payload, dtype=np.uint8).reshape(h, w, 3)
+    raise SfbridgeError(f"unknown frame format {fmt!r}")
+
+
+class Client:
+    """Synchronous client. Not thread-safe: use one per thread (they are cheap)."""
+
+    def __init__(self, control: str = DEFAULT_CONTROL, frames: str = DEFAULT_FRAMES,
+                 timeout: float = REQUEST_TIMEOUT_S, retries: int = REQUEST_RETRIES,
+                 context: zmq.Context | None = None) -> None:
+        self.control_endpoint = control
+        self.frames_endpoint = frames
+        self.timeout = timeout
+        self.retries = retries
+        self.ctx = context or zmq.Context.instance()
+        self._ids = itertools.count(1)
+        self._sock: zmq.Socket | None = None
+
+    # --- control ---------------------------------------------------------------------------------
+
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.control_endpoint)
+            self._sock = sock
+        return self._sock
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def request(self, op: str, **args: Any) -> dict:
+        """Send one request, return its ``result``; raises RequestError or DaemonUnavailable."""
+        rid = next(self._ids)
+        body = pack({"op": op, "id": rid, **args})
+        for attempt in range(1, self.retries + 1):
+            sock = self._socket()
+            sock.send(body)
+            deadline_ms = int(self.timeout * 1000)
+            while sock.poll(deadline_ms, zmq.POLLIN):
+                reply = unpack(sock.recv())
+                if not isinstance(reply, dict) or reply.get("id") not in (rid, None):
+                    continue  # a late reply to an earlier, timed-out request
+                if reply.get("v") != PROTOCOL_VERSION:
+                    log.warning("daemon speaks protocol %r, client %d", reply.get("v"), PROTOCOL_VERSION)
+                if reply.get("ok"):
+                    return reply.get("result") or {}
+                err = reply.get("error") or {}
+                raise RequestError(str(err.get("code", "internal")), str(err.get("message", "")))
+            log.info("no reply to %r from %s (attempt %d/%d)", op, self.control_endpoint, attempt, self.retries)
+            self._drop_socket()
+        raise DaemonUnavailable(
+            f"no reply from sfbridge daemon at {self.control_endpoint} after {self.retries} tries of "
+            f"{self.timeout:.1f} s (is `sfbridge serve` running?)")
+
+    def ping(self) -> dict:
+        return self.request("ping")
+
+    def status(self) -> dict:
+        return self.request("status")
+
+    def set_prompt(self, text: str, transition: str = "cut", blend_blocks: int = 4) -> dict:
+        return self.request("prompt", text=text, transition=transition, blend_blocks=blend_blocks)
+
+    def set_seed(self, seed: int) -> dict:
+        return self.request("seed", seed=seed)
+
+    def set_steps(self, steps: list[int]) -> dict:
+        return self.request("steps", steps=list(steps))
+
+    def pause(self) -> dict:
+        return self.request("pause")
+
+    def resume(self) -> dict:
+        return self.request("resume")
+
+    def reset(self, prompt: str | None = None, seed: int | None = None) -> dict:
+        args: dict[str, Any] = {}
+        if prompt is not None:
+            args["prompt"] = prompt
+        if seed is not None:
+            args["seed"] = seed
+        return self.request("reset", **args)
+
+    # --- stream ----------------------------------------------------------------------------------
+
+    def subscribe(self, format: str = "jpeg", latest_only: bool = True, events: bool = False,
+                  timeout: float | None = None, decode: bool = True) -> Iterator[Frame | dict]:
+        """Yield :class:`Frame` objects (and event dicts when ``events``) until the caller stops.
+
+        ``timeout``: seconds without any message before raising :class:`DaemonUnavailable`
+        (None waits forever). Frames with a ``seq`` at or below the last one yielded (the
+        daemon's last-value re-sends) are skipped.
+        """
+        if format not in FRAME_FORMATS:
+            raise ValueError(f"format must be one of {FRAME_FORMATS}, got {format!r}")
+        sock = self.ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 4)
+        sock.setsockopt(zmq.RCVBUF, 1 << 16)
+        sock.setsockopt(zmq.SUBSCRIBE, format.encode())
+        if events:
+            sock.setsockopt(zmq.SUBSCRIBE, EVENT_TOPIC.encode())
+        sock.connect(self.frames_endpoint)
+        last_seq: tuple[str, int] | None = None
+        wait_ms = None if timeout is None else int(timeout * 1000)
+        try:
+            while True:
+                if not sock.poll(wait_ms, zmq.POLLIN):
+                    raise DaemonUnavailable(f"no frames from {self.frames_endpoint} within {timeout} s")
+                msgs = [sock.recv_multipart()]
+                if latest_only:
+                    while True:
+                        try:
+                            msgs.append(sock.recv_multipart(zmq.NOBLOCK))
+                        except zmq.Again:
+                            break
+                    # keep every event, but only the newest frame
+                    frames = [m for m in msgs if m[0] != EVENT_TOPIC.encode()]
+                    msgs = [m for m in msgs if m[0] == EVENT_TOPIC.encode()] + frames[-1:]
+                for topic, header_raw, payload in (m[:3] for m in msgs if len(m) >= 3):
+                    header = unpack(header_raw)
+                    if topic == EVENT_TOPIC.encode():
+                        if events:
+                            yield header
+                        continue
+                    key = (header.get("stream"), header.get("seq", -1))
+                    if last_seq is not None and key[0] == last_seq[0] and key[1] <= last_seq[1]:
+                        continue
+                    last_seq = key
+                    image = decode_frame(header["format"], header, payload) if decode else np.empty(0)
+                    yield Frame(image=image, header=header, payload=payload)
+        finally:
+            sock.close(linger=0)
+
+    def close(self) -> None:
+        self._drop_socket()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

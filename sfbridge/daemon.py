@@ -1,0 +1,203 @@
+"""``sfbridge serve``: wires generator, engine, control and publisher threads together.
+
+Threads (vLLM v1 engine-core layout): the engine owns the generator; the control thread owns the
+ROUTER; the publisher owns the XPUB and the encoders. They share only queues and the
+:class:`SteeringBox`. Shutdown goes through state: a signal sets ``stopping``; a second signal
+forces the exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from sfbridge import __version__
+from sfbridge.control import ControlServer
+from sfbridge.encoders import make_encoders
+from sfbridge.engine import Engine
+from sfbridge.generators import Generator, GeneratorError, Steering, create_generator
+from sfbridge.protocol import (
+    DEFAULT_CONTROL,
+    DEFAULT_FRAMES,
+    FRAME_FORMATS,
+    PROTOCOL_VERSION,
+    Ping,
+    Prompt,
+    ProtocolError,
+    Request,
+    Reset,
+    Resume,
+    Seed,
+    Status,
+    Steps,
+)
+from sfbridge.protocol import Pause as PauseReq
+from sfbridge.publisher import Publisher
+from sfbridge.steering import SteeringBox
+
+log = logging.getLogger("sfbridge.daemon")
+
+DEFAULT_PROMPT = "a beautiful landscape with mountains and a lake, cinematic lighting"
+
+
+@dataclass
+class DaemonConfig:
+    model: str = "testsrc"
+    control: str = DEFAULT_CONTROL
+    frames: str = DEFAULT_FRAMES
+    prompt: str = DEFAULT_PROMPT
+    seed: int = 0
+    jpeg_quality: int = 85
+    pace: str = "native"  # "native" (16 fps or the production rate) or "off"
+    sndhwm: int = 4  # messages queued per subscriber before frames are dropped
+    max_ahead: int = 1  # blocks the engine may generate ahead of the publisher
+    model_options: dict[str, Any] = field(default_factory=dict)  # width, height, model-dir, dtype...
+
+    def __post_init__(self) -> None:
+        if self.pace not in ("native", "off"):
+            raise ValueError(f"pace must be 'native' or 'off', got {self.pace!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+
+
+def build_generator(model: str, options: dict[str, Any]) -> tuple[Generator, list[str]]:
+    """Create the generator; ``auto`` prefers the real model and falls back to the test pattern."""
+    if model != "auto":
+        return create_generator(model, **options), []
+    try:
+        return create_generator("self-forcing", **options), []
+    except GeneratorError as exc:
+        warning = f"self-forcing unavailable ({exc}); serving the test pattern"
+        log.warning("--model auto: %s", warning)
+        return create_generator("testsrc", warnings=[warning], **options), [warning]
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, generator: Generator | None = None) -> None:
+        self.config = config
+        self.warnings: list[str] = []
+        if generator is None:
+            generator, self.warnings = build_generator(config.model, config.model_options)
+        self.generator = generator
+        self.started = time.time()
+        self.box = SteeringBox(Steering(prompt=config.prompt, seed=config.seed, state_id=1))
+        self.outbox: queue.Queue = queue.Queue()
+        self.events: queue.Queue = queue.Queue()
+        self.engine = Engine(generator, self.box, self.outbox, self.events, max_ahead=config.max_ahead)
+        self.ctx = zmq.Context()
+        self.publisher = Publisher(self.ctx, config.frames, self.box, self.outbox, self.events,
+                                   self.engine.stats, make_encoders(config.jpeg_quality), fps=generator.fps,
+                                   pace=config.pace, sndhwm=config.sndhwm, notify_engine=self.engine.notify)
+        self.control = ControlServer(self.ctx, config.control, self.handle)
+        self.stopped = threading.Event()
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> Daemon:
+        self.publisher.start()
+        self.control.start()
+        self.engine.start()
+        log.info("serving %s %dx%d: control %s, frames %s", self.generator.name, self.generator.width,
+                 self.generator.height, self.control.endpoint, self.publisher.endpoint)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        log.info("shutting down")
+        self.box.stop()
+        self.engine.thread.join(timeout)
+        self.control.stop()
+        self.publisher.stop()
+        self.control.thread.join(timeout)
+        self.publisher.thread.join(timeout)
+        self.ctx.term()
+
+    # --- requests (called from the control thread) -------------------------------------------------
+
+    def handle(self, req: Request) -> dict:
+        if isinstance(req, Ping):
+            return {"pong": True, "time": time.time()}
+        if isinstance(req, Status):
+            return self.status()
+        if isinstance(req, Prompt):
+            state_id, block = self.box.set_prompt(req.text, req.transition, req.blend_blocks)
+            return {"state_id": state_id, "applies_at_block": block}
+        if isinstance(req, Seed):
+            state_id, block = self.box.set_seed(req.seed)
+            return {"state_id": state_id, "applies_at_block": block}
+        if isinstance(req, Steps):
+            if not self.generator.supports_steps():
+                raise ProtocolError("not_supported", f"model {self.generator.name!r} has no denoising steps")
+            state_id, block = self.box.set_steps(req.steps)
+            return {"state_id": state_id, "applies_at_block": block}
+        if isinstance(req, PauseReq):
+            self.box.set_paused(True)
+            return {"paused": True}
+        if isinstance(req, Resume):
+            self.box.set_paused(False)
+            return {"paused": False}
+        if isinstance(req, Reset):
+            state_id, stream = self.box.reset(req.prompt, req.seed)
+            return {"state_id": state_id, "stream": stream}
+        raise ProtocolError("unknown_op", f"unhandled request {type(req).__name__}")  # pragma: no cover
+
+    def status(self) -> dict:
+        s = self.box.peek()
+        desc = self.generator.describe()
+        return {
+            **desc,
+            "protocol": PROTOCOL_VERSION,
+            "version": __version__,
+            "model": self.generator.name,
+            "width": self.generator.width,
+            "height": self.generator.height,
+            "fps": self.generator.fps,
+            "prompt": s.prompt,
+            "seed": s.seed,
+            "state_id": s.state_id,
+            "steps": list(s.denoising_steps) if s.denoising_steps else None,
+            "stream": self.box.stream,
+            "block": self.box.next_block,
+            "paused": self.box.paused,
+            "uptime": time.time() - self.started,
+            "formats": list(FRAME_FORMATS),
+            "jpeg_quality": self.config.jpeg_quality,
+            "pace": self.config.pace,
+            "warnings": list(self.warnings) + list(desc.get("warnings", [])),
+            "stats": dict(self.publisher.last_stats),
+            "pid": os.getpid(),
+        }
+
+
+def serve(config: DaemonConfig) -> int:
+    """Run the daemon until SIGINT/SIGTERM. Returns the process exit code."""
+    daemon = Daemon(config).start()
+    stop = threading.Event()
+    signals = {"count": 0}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            log.warning("second signal: forcing exit")
+            os._exit(130)
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop.wait(0.5):
+        if not daemon.engine.thread.is_alive():
+            log.error("engine thread ended unexpectedly")
+            break
+    daemon.stop()
+    return 0

@@ -1,0 +1,140 @@
+"""The engine: one thread that owns the generator (the GPU) and never touches a socket.
+
+Loop (vLLM v1 ``run_busy_loop`` in spirit): wait until there is work (not paused, the publisher
+is at most ``max_ahead`` blocks behind), take a steering snapshot, generate one block, hand it
+to the publisher through ``outbox``. Events go to ``events``; both queues are drained by the
+publisher thread, which owns the PUB socket. A failing block becomes an ``error`` event and a
+retry after a pause; the daemon never dies of a generator exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sfbridge.generators.base import Generator
+from sfbridge.protocol import make_event
+from sfbridge.steering import SteeringBox
+
+log = logging.getLogger("sfbridge.engine")
+
+RETRY_DELAY_S = 1.0
+
+
+@dataclass
+class BlockOut:
+    """A generated block on its way to the publisher."""
+
+    frames: np.ndarray  # [N, H, W, 3] uint8
+    block: int
+    first_frame: int
+    first_seq: int
+    state: int
+    stream: str
+    t_gen: float  # Unix time the block was ready
+    gen_s: float  # seconds the generator spent on it
+
+
+@dataclass
+class EngineStats:
+    block_ms: float = 0.0
+    fps_gen: float = 0.0
+    frames_total: int = 0
+    blocks_total: int = 0
+    errors: int = 0
+    recent: list[tuple[int, float]] = field(default_factory=list)  # (frames, seconds) of recent blocks
+
+
+class Engine:
+    def __init__(self, generator: Generator, box: SteeringBox, outbox: queue.Queue, events: queue.Queue,
+                 max_ahead: int = 1) -> None:
+        self.generator = generator
+        self.box = box
+        self.outbox = outbox
+        self.events = events
+        self.max_ahead = max_ahead
+        self.stats = EngineStats()
+        self._seq = 0
+        self._was_paused = False
+        self.thread = threading.Thread(target=self.run, name="sfbridge-engine", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def notify(self) -> None:
+        """Wake the loop (the publisher calls this when it takes a block from the outbox)."""
+        with self.box.cond:
+            self.box.cond.notify_all()
+
+    def _can_work(self) -> bool:
+        return not self.box.paused and self.outbox.qsize() < self.max_ahead
+
+    def run(self) -> None:
+        try:
+            while True:
+                with self.box.cond:
+                    while not self.box.stopping and not self._can_work():
+                        self._announce_pause()
+                        self.box.cond.wait(timeout=0.1)
+                    if self.box.stopping:
+                        return
+                    self._announce_pause()
+                    snap = self.box.take()
+                self._step(snap)
+        except BaseException:  # pragma: no cover - last line of defence, logged for the operator
+            log.exception("engine thread died")
+            self.events.put(make_event("error", code="internal", message="engine thread died"))
+        finally:
+            try:
+                self.generator.close()
+            except Exception:
+                log.exception("generator close failed")
+
+    def _announce_pause(self) -> None:
+        if self.box.paused != self._was_paused:
+            self._was_paused = self.box.paused
+            kind = "paused" if self.box.paused else "resumed"
+            self.events.put(make_event(kind, block=self.box.next_block))
+            log.info("%s at block %d", kind, self.box.next_block)
+
+    def _step(self, snap) -> None:
+        s = snap.steering
+        if snap.reset:
+            self.generator.reset(s)
+            self.events.put(make_event("started", stream=snap.stream, model=self.generator.name,
+                                       width=self.generator.width, height=self.generator.height,
+                                       fps=self.generator.fps, prompt=s.prompt, seed=s.seed,
+                                       state_id=s.state_id))
+            log.info("scene %s started: %r seed %d", snap.stream, s.prompt, s.seed)
+        t0 = time.perf_counter()
+        try:
+            out = self.generator.next_block(s)
+        except Exception as exc:
+            self.stats.errors += 1
+            log.exception("generator failed on block %d", snap.block)
+            self.events.put(make_event("error", code="internal",
+                                       message=f"generator failed on block {snap.block}: {exc}"))
+            with self.box.cond:  # the failed block is retried: same index, and the scene restarts
+                self.box.reset(None, None)
+                self.box.cond.wait(timeout=RETRY_DELAY_S)
+            return
+        gen_s = time.perf_counter() - t0
+        n = len(out.frames)
+        for change in snap.changes:
+            self.events.put(make_event("applied", state_id=s.state_id, block=snap.block, prompt=s.prompt,
+                                       seed=s.seed, transition=s.transition, change=change))
+        self.outbox.put(BlockOut(frames=out.frames, block=snap.block, first_frame=out.first_frame,
+                                 first_seq=self._seq, state=s.state_id, stream=snap.stream,
+                                 t_gen=time.time(), gen_s=gen_s))
+        self._seq += n
+        st = self.stats
+        st.block_ms = gen_s * 1000
+        st.frames_total += n
+        st.blocks_total += 1
+        st.recent = (st.recent + [(n, gen_s)])[-8:]
+        st.fps_gen = sum(f for f, _ in st.recent) / max(1e-9, sum(t for _, t in st.recent))

@@ -1,0 +1,223 @@
+"""Publisher thread: owns the XPUB socket and the encoders; paces frames out of the engine's blocks.
+
+Why XPUB: it tells us which topics have subscribers, so we only encode formats somebody wants,
+and lets a late joiner get the last frame at once (ZeroMQ guide, "last value cache").
+Why a small SNDHWM and SNDBUF: a subscriber that stops reading must lose frames, not make the
+daemon queue seconds of video for it (environment notes: default HWMs let a slow client lag by
+2.2 s). The engine is never touched from here except through ``notify``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from sfbridge.engine import BlockOut, EngineStats
+from sfbridge.protocol import EVENT_TOPIC, FRAME_FORMATS, frame_header, make_event, pack
+from sfbridge.steering import SteeringBox
+
+log = logging.getLogger("sfbridge.io.publisher")
+
+STATS_PERIOD_S = 1.0
+SNDBUF_BYTES = 1 << 16
+
+
+@dataclass
+class PublisherStats:
+    fps_out: float = 0.0
+    encode_ms: dict[str, float] = field(default_factory=dict)
+    subscribers: dict[str, int] = field(default_factory=dict)
+    frames_published: int = 0
+    dropped_blocks: int = 0
+    queue_blocks: int = 0
+
+
+class Publisher:
+    def __init__(self, ctx: zmq.Context, endpoint: str, box: SteeringBox, outbox: queue.Queue,
+                 events: queue.Queue, engine_stats: EngineStats, encoders: dict, fps: float,
+                 pace: str = "native", sndhwm: int = 4, notify_engine: Callable[[], None] = lambda: None
+                 ) -> None:
+        self.box, self.outbox, self.events = box, outbox, events
+        self.engine_stats = engine_stats
+        self.encoders = encoders
+        self.fps = fps
+        self.pace = pace
+        self.notify_engine = notify_engine
+        self.stats = PublisherStats()
+        self.last_stats: dict = {}  # refreshed by the publisher thread; read by `status`
+        self.stop_event = threading.Event()
+        self._subs: dict[bytes, int] = defaultdict(int)
+        self._last: tuple[np.ndarray, dict] | None = None  # last raw frame and its header
+        self._enc_time: dict[str, list[float]] = defaultdict(list)
+        self._published_times: list[float] = []
+        self.sock = ctx.socket(zmq.XPUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, sndhwm)
+        self.sock.setsockopt(zmq.SNDBUF, SNDBUF_BYTES)
+        self.sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscription: we count them
+        self.sock.bind(endpoint)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.thread = threading.Thread(target=self._run_safe, name="sfbridge-publisher", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    # --- subscriptions ---------------------------------------------------------------------------
+
+    def wanted_formats(self) -> list[str]:
+        return [f for f in FRAME_FORMATS
+                if any(c > 0 and f.encode().startswith(p) for p, c in self._subs.items())]
+
+    def _on_subscription(self, msg: bytes) -> None:
+        if not msg:
+            return
+        topic = bytes(msg[1:])
+        if msg[0] == 1:
+            self._subs[topic] += 1
+            self._resend_last(topic)
+        elif msg[0] == 0:
+            self._subs[topic] = max(0, self._subs[topic] - 1)
+        self.stats.subscribers = {t.decode("utf-8", "replace"): c for t, c in self._subs.items() if c > 0}
+        log.debug("subscriptions now %s", self.stats.subscribers)
+
+    def _resend_last(self, prefix: bytes) -> None:
+        if self._last is None:
+            return
+        frame, header = self._last
+        for fmt in FRAME_FORMATS:
+            if fmt.encode().startswith(prefix):
+                self._send_frame(fmt, frame, dict(header))
+
+    # --- sending ---------------------------------------------------------------------------------
+
+    def _send_frame(self, fmt: str, frame: np.ndarray, header: dict) -> None:
+        t0 = time.perf_counter()
+        payload = self.encoders[fmt].encode(frame)
+        times = self._enc_time[fmt]
+        times.append(time.perf_counter() - t0)
+        del times[:-64]
+        header["format"] = fmt
+        header["t_pub"] = time.time()
+        self.sock.send_multipart([fmt.encode(), pack(header), payload], copy=False)
+
+    def _send_event(self, event: dict) -> None:
+        self.sock.send_multipart([EVENT_TOPIC.encode(), pack(event), b""])
+
+    def _publish(self, blk: BlockOut, i: int) -> None:
+        frame = blk.frames[i]
+        h, w = frame.shape[:2]
+        header = frame_header(stream=blk.stream, seq=blk.first_seq + i, block=blk.block, idx=i,
+                              frame=blk.first_frame + i, fps=self.fps, width=w, height=h, fmt="",
+                              state=blk.state, t_gen=blk.t_gen)
+        self._last = (frame, header)
+        for fmt in self.wanted_formats():
+            self._send_frame(fmt, frame, dict(header))
+        now = time.monotonic()
+        self._published_times.append(now)
+        self.stats.frames_published += 1
+
+    # --- loop ------------------------------------------------------------------------------------
+
+    def _interval(self, blk: BlockOut) -> float:
+        if self.pace == "off":
+            return 0.0
+        # Native rate when the generator keeps up; otherwise spread the block over the time the
+        # generator took to make it, so motion stays even instead of stop-and-burst.
+        return max(1.0 / self.fps, blk.gen_s / max(1, len(blk.frames)))
+
+    def _run_safe(self) -> None:
+        try:
+            self._run()
+        except Exception:  # pragma: no cover
+            log.exception("publisher thread died")
+        finally:
+            try:
+                self._send_event(make_event("stopping"))
+            except zmq.ZMQError:
+                pass
+            self.sock.close(linger=0)
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        blk: BlockOut | None = None
+        pos = 0
+        next_due = time.monotonic()
+        next_stats = time.monotonic() + STATS_PERIOD_S
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            if blk is not None and pos < len(blk.frames):
+                timeout_ms = max(0.0, (next_due - now) * 1000)
+            else:
+                timeout_ms = 5.0
+            timeout_ms = min(timeout_ms, 50.0, max(0.0, (next_stats - now) * 1000))
+            if poller.poll(timeout_ms):
+                while True:
+                    try:
+                        self._on_subscription(self.sock.recv(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+            while True:
+                try:
+                    self._send_event(self.events.get_nowait())
+                except queue.Empty:
+                    break
+            if blk is not None and blk.stream != self.box.stream:  # reset: drop the old scene
+                self.stats.dropped_blocks += 1
+                blk = None
+            if blk is None or pos >= len(blk.frames):
+                blk = self._next_block()
+                pos = 0
+                if blk is not None:
+                    next_due = max(next_due, time.monotonic() - self._interval(blk))
+            now = time.monotonic()
+            if blk is not None and pos < len(blk.frames) and now >= next_due:
+                self._publish(blk, pos)
+                pos += 1
+                next_due += self._interval(blk)
+                if next_due < now - 0.25:  # we fell far behind (stall): do not burst to catch up
+                    next_due = now
+            if now >= next_stats:
+                next_stats = now + STATS_PERIOD_S
+                self.last_stats = self.stats_dict()
+                self._send_event(make_event("stats", **self.last_stats))
+
+    def _next_block(self) -> BlockOut | None:
+        while True:
+            try:
+                blk = self.outbox.get_nowait()
+            except queue.Empty:
+                return None
+            self.notify_engine()
+            if blk.stream == self.box.stream:
+                return blk
+            self.stats.dropped_blocks += 1
+
+    def stats_dict(self) -> dict:
+        now = time.monotonic()
+        self._published_times = [t for t in self._published_times if now - t <= STATS_PERIOD_S]
+        self.stats.fps_out = len(self._published_times) / STATS_PERIOD_S
+        es = self.engine_stats
+        return {
+            "fps_out": self.stats.fps_out,
+            "fps_gen": round(es.fps_gen, 3),
+            "block_ms": round(es.block_ms, 3),
+            "encode_ms": {f: round(1000 * sum(t) / len(t), 3) for f, t in list(self._enc_time.items()) if t},
+            "queue_blocks": self.outbox.qsize(),
+            "subscribers": dict(self.stats.subscribers),
+            "frames_total": es.frames_total,
+            "frames_published": self.stats.frames_published,
+            "dropped_blocks": self.stats.dropped_blocks,
+            "errors": es.errors,
+        }
