@@ -14,6 +14,7 @@ from sfbridge.generators.base import Block, Generator, GeneratorError, Steering
 # name -> "module:factory"; the factory takes keyword options and returns a Generator.
 REGISTRY: dict[str, str] = {
     "testsrc": "sfbridge.generators.testsrc:create",
+    "tiny": "sfbridge.generators.tiny:create",
 }
 
 
