@@ -1,0 +1,205 @@
+"""The Unity client's C# code, compiled with Mono's mcs and run against a real daemon.
+
+- test_csharp_console_client: compiles clients/unity/Runtime/Core/*.cs (the dependency-free
+  ZMTP + msgpack core) with the console program clients/unity/Tests~/ConsoleTest.cs, starts
+  `sfbridge serve --model testsrc` as a subprocess on free ports and runs the program under
+  mono. It checks msgpack (self-test and a cross-check with Python's msgpack both ways),
+  control replies and errors, JPEG and rgb24 frames, events, a prompt change showing up as
+  `state` in later frame headers, seed/steps/pause/resume/reset, then kills the daemon
+  (SIGKILL), checks the control timeout, restarts the daemon on the same ports and checks that
+  the client reconnected by itself, and finally a quick clean shutdown.
+- test_unity_scripts_compile: compiles the Unity-facing scripts (Runtime/Unity, the sample)
+  against clients/unity/Tests~/UnityStubs.cs, a declarations-only stand-in for the UnityEngine
+  API they use. This catches syntax and type errors only; Unity behaviour is not run in CI.
+
+Needs `mcs` and `mono` (Debian: apt-get install -y --no-install-recommends mono-mcs).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+REPO = Path(__file__).resolve().parents[1]
+UNITY = REPO / "clients" / "unity"
+W, H = 160, 96
+
+MCS = shutil.which("mcs")
+MONO = shutil.which("mono")
+needs_mono = pytest.mark.skipif(
+    MCS is None or MONO is None,
+    reason="!!! mcs/mono not installed: C# client NOT tested "
+    "(apt-get install -y --no-install-recommends mono-mcs) !!!",
+)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _compile(out: Path, sources: list[Path], target: str = "exe") -> None:
+    cmd = [MCS, "-langversion:7.2", "-warnaserror+", f"-target:{target}", f"-out:{out}"]
+    cmd += [str(s) for s in sources]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"mcs failed:\n{r.stdout}\n{r.stderr}"
+
+
+class Daemon:
+    """`sfbridge serve --model testsrc` as a subprocess on fixed endpoints (restartable)."""
+
+    def __init__(self, control: str, frames: str, log: Path):
+        self.control, self.frames, self.log = control, frames, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "sfbridge.cli", "serve", "--model", "testsrc",
+               "--control", self.control, "--frames", self.frames,
+               "--width", str(W), "--height", str(H)]
+        with open(self.log, "ab") as f:
+            self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        ctx = zmq.Context.instance()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, \
+                f"daemon exited early:\n{self.log.read_text(errors='replace')[-3000:]}"
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            try:
+                s.connect(self.control)
+                s.send(msgpack.packb({"op": "ping", "id": 1}))
+                if s.poll(500):
+                    rep = msgpack.unpackb(s.recv())
+                    if rep.get("ok"):
+                        return
+            finally:
+                s.close()
+        raise AssertionError(f"daemon not ready after {timeout}s:\n{self.log.read_text(errors='replace')[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}", tmp_path / "daemon.log")
+    d.start()
+    yield d
+    d.stop()
+
+
+@needs_mono
+def test_csharp_console_client(tmp_path, daemon):
+    exe = tmp_path / "ConsoleTest.exe"
+    t0 = time.monotonic()
+    _compile(exe, sorted((UNITY / "Runtime" / "Core").glob("*.cs")) + [UNITY / "Tests~" / "ConsoleTest.cs"])
+    compile_s = time.monotonic() - t0
+
+    sample = {"u8": 200, "u16": 60000, "u32": 4000000000, "u64": 2**63 + 5, "i8": -100, "i16": -30000,
+              "i32": -2000000000, "i64": -(2**40), "fix": 5, "nfix": -3, "f64": 0.1, "t": True, "f": False,
+              "n": None, "s": "héllo", "b": b"\x00\x01\xff", "a": [1, [2, {"x": "y"}]], "m": {"k": 1.5}}
+    packed = msgpack.packb(sample)
+    assert packed[0] == 0xDE  # map16
+    jpeg_out = tmp_path / "frame.jpg"
+    cmd = [MONO, "--debug", str(exe), "--control", daemon.control, "--frames", daemon.frames,
+           "--width", str(W), "--height", str(H), "--save-jpeg", str(jpeg_out),
+           "--msgpack-hex", packed.hex(), "--restart"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, bufsize=1)
+    stderr_lines: list[str] = []
+    threading.Thread(target=lambda: stderr_lines.extend(proc.stderr), daemon=True).start()
+    out: list[str] = []
+    timer = threading.Timer(150, proc.kill)
+    timer.start()
+    try:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            out.append(line)
+            if line.startswith("READY_FOR_RESTART"):
+                daemon.kill()
+                proc.stdin.write("DOWN\n")
+                proc.stdin.flush()
+            elif line == "WAITING_UP":
+                daemon.start()
+                proc.stdin.write("UP\n")
+                proc.stdin.flush()
+        rc = proc.wait(30)
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+    text = "\n".join(out)
+    diag = f"stdout:\n{text}\nstderr (last 40):\n{''.join(stderr_lines[-40:])}"
+    assert rc == 0 and "ALL_OK" in out, diag
+    ok = {line.split()[1]: line for line in out if line.startswith("OK ")}
+    for name in ["msgpack_selftest", "msgpack_crosscheck", "status", "ping", "error_unknown_op",
+                 "error_invalid_value", "jpeg_frames", "rgb24_frames", "events", "prompt_state", "seed",
+                 "steps_not_supported", "pause_resume", "reset", "noticed_down", "control_timeout",
+                 "reconnected", "shutdown"]:
+        assert name in ok, f"missing check {name}\n{diag}"
+    assert "applied_event seen" in ok["applied_event"], diag
+
+    # msgpack both ways against Python's implementation.
+    decoded = next(line for line in out if line.startswith("MSGPACK_DECODED "))
+    for frag in ['u8: 200', 'u16: 60000', 'u32: 4000000000', f'u64: {2**63 + 5}', 'i8: -100', 'i16: -30000',
+                 'i32: -2000000000', f'i64: {-(2**40)}', 'nfix: -3', 'f64: 0.1', 't: true', 'f: false', 'n: null',
+                 's: "héllo"', 'b: <bin 3>', 'a: [1, [2, {x: "y"}]]', 'm: {k: 1.5}']:
+        assert frag in decoded, f"{frag!r} not in {decoded}"
+    enc = bytes.fromhex(next(line for line in out if line.startswith("MSGPACK_ENCODED ")).split()[1])
+    assert msgpack.unpackb(enc) == {"op": "prompt", "id": 7, "neg": -100000, "big": 1 << 40, "f32": 0.25,
+                                    "f64": 3.5, "nil": None, "yes": True, "bin": b"\x00\xff",
+                                    "arr": [1, "two", 3.0]}
+
+    # The saved frame is a real JPEG of the requested size (decoded here with simplejpeg).
+    import simplejpeg
+
+    data = jpeg_out.read_bytes()
+    img = simplejpeg.decode_jpeg(data)
+    assert img.shape == (H, W, 3)
+    print(f"\ncompile {compile_s:.1f}s\n{text}")
+
+
+@needs_mono
+def test_unity_scripts_compile(tmp_path):
+    """Type-check the UnityEngine-facing code against declaration stubs (not a Unity run)."""
+    sources = sorted((UNITY / "Runtime").rglob("*.cs")) + sorted((UNITY / "Samples~").rglob("*.cs"))
+    sources.append(UNITY / "Tests~" / "UnityStubs.cs")
+    assert any(p.parent.name == "Unity" for p in sources)
+    _compile(tmp_path / "SfbridgeUnity.dll", sources, target="library")
+
+
+def test_core_has_no_unity_dependency():
+    """Runtime/Core must compile without UnityEngine (it is what the console test runs)."""
+    for p in (UNITY / "Runtime" / "Core").glob("*.cs"):
+        src = p.read_text(encoding="utf-8")
+        assert "UnityEngine" not in src.replace("no UnityEngine references", ""), p
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-v", "-s"]))
+
