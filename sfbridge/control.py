@@ -62,7 +62,7 @@ class ControlServer:
     def _serve_one(self, frames: list[bytes]) -> None:
         identity, rest = frames[0], frames[1:]
         envelope = [identity]
-        if rest and rest[0] == b"":  # REQ client: mirror the delimiter
+        if len(rest) >= 2 and rest[0] == b"":  # REQ client: mirror the delimiter (a lone empty frame is a body)
             envelope.append(b"")
             rest = rest[1:]
         self.requests += 1

@@ -174,7 +174,7 @@ class Daemon:
             "jpeg_quality": self.config.jpeg_quality,
             "pace": self.config.pace,
             "warnings": list(self.warnings) + list(desc.get("warnings", [])),
-            "stats": dict(self.publisher.last_stats),
+            "stats": self.publisher.snapshot(),
             "pid": os.getpid(),
         }
 

@@ -65,6 +65,7 @@ class Publisher:
         self.sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscription: we count them
         self.sock.bind(endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.last_stats = self.stats_dict()
         self.thread = threading.Thread(target=self._run_safe, name="sfbridge-publisher", daemon=True)
 
     def start(self) -> None:
@@ -182,7 +183,9 @@ class Publisher:
                 if blk is not None:
                     next_due = max(next_due, time.monotonic() - self._interval(blk))
             now = time.monotonic()
-            if blk is not None and pos < len(blk.frames) and now >= next_due:
+            if self.box.paused:  # hold the remaining frames; resume continues from here
+                next_due = now
+            elif blk is not None and pos < len(blk.frames) and now >= next_due:
                 self._publish(blk, pos)
                 pos += 1
                 next_due += self._interval(blk)
@@ -203,6 +206,13 @@ class Publisher:
             if blk.stream == self.box.stream:
                 return blk
             self.stats.dropped_blocks += 1
+
+    def snapshot(self) -> dict:
+        """Stats for ``status`` (any thread): rates from the last period, counters live."""
+        es = self.engine_stats
+        return {**self.last_stats, "subscribers": dict(self.stats.subscribers), "queue_blocks": self.outbox.qsize(),
+                "frames_total": es.frames_total, "frames_published": self.stats.frames_published,
+                "dropped_blocks": self.stats.dropped_blocks, "errors": es.errors}
 
     def stats_dict(self) -> dict:
         now = time.monotonic()

@@ -118,7 +118,7 @@ class TestSource(Generator):
         wave = 0.5 + 0.5 * np.sin(2 * np.pi * (3.0 * self._x + 1.5 * self._y - 0.25 * t))  # [H, W]
         img = colors[0][None, None, :] * wave[..., None] + colors[1][None, None, :] * (1 - wave[..., None])
         # A bouncing square whose path depends on the seed.
-        rng_phase = (s.seed % 9973) / 9973.0
+        rng_phase = (s.seed * 0.6180339887) % 1.0  # golden-ratio step: nearby seeds differ a lot
         size = max(4, min(self.width, self.height) // 6)
         px = int((0.5 + 0.45 * np.sin(2 * np.pi * (0.13 * t + rng_phase))) * (self.width - size))
         py = int((0.5 + 0.45 * np.sin(2 * np.pi * (0.21 * t + 2 * rng_phase))) * (self.height - size))

@@ -1,0 +1,117 @@
+"""Shared fixtures: free ports, an in-process daemon on real sockets, a subprocess daemon."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from sfbridge.client import Client
+from sfbridge.daemon import Daemon, DaemonConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def endpoints() -> tuple[str, str]:
+    return f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def make_daemon():
+    """Factory for in-process daemons (testsrc by default, small frames); all stopped at teardown."""
+    started: list[Daemon] = []
+
+    def factory(**kw) -> Daemon:
+        control, frames = endpoints()
+        opts = {"width": 160, "height": 96, **kw.pop("model_options", {})}
+        cfg = DaemonConfig(control=control, frames=frames, model_options=opts, **kw)
+        d = Daemon(cfg).start()
+        started.append(d)
+        return d
+
+    yield factory
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+def daemon(make_daemon) -> Daemon:
+    return make_daemon()
+
+
+@pytest.fixture
+def client(daemon) -> Iterator[Client]:
+    c = Client(control=daemon.config.control, frames=daemon.config.frames, timeout=3.0)
+    yield c
+    c.close()
+
+
+def sub_socket(ctx: zmq.Context, endpoint: str, *topics: str) -> zmq.Socket:
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.LINGER, 0)
+    for t in topics:
+        s.setsockopt(zmq.SUBSCRIBE, t.encode())
+    s.connect(endpoint)
+    return s
+
+
+def recv_until(sock: zmq.Socket, pred, timeout: float = 5.0):
+    """Receive multipart messages until ``pred(msg)`` is true; returns that message (or fails)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sock.poll(50, zmq.POLLIN):
+            msg = sock.recv_multipart()
+            if pred(msg):
+                return msg
+    pytest.fail(f"no matching message within {timeout} s")
+
+
+class ServeProcess:
+    """``sfbridge serve`` as a real subprocess on free ports."""
+
+    def __init__(self, *args: str, control: str | None = None, frames: str | None = None) -> None:
+        c, f = endpoints()
+        self.control, self.frames = control or c, frames or f
+        cmd = [sys.executable, "-m", "sfbridge.cli", "--log-level", "info", "serve",
+               "--control", self.control, "--frames", self.frames, *args]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        client = Client(control=self.control, frames=self.frames, timeout=0.5, retries=1)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited with {self.proc.returncode}: {self.proc.stdout.read().decode()}")
+            try:
+                client.ping()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise
+        client.close()
+
+    def stop(self, sig: int = 15, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""

@@ -1,0 +1,93 @@
+"""The ``sfbridge`` command as a user runs it: real subprocesses, real sockets."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+from conftest import REPO, ServeProcess, free_port
+
+from sfbridge.cli import build_parser
+
+SUBCOMMANDS = ["serve", "status", "prompt", "seed", "steps", "pause", "resume", "ping", "reset", "record"]
+
+
+def sfb(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sfbridge.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def test_every_subcommand_has_help():
+    for cmd in SUBCOMMANDS:
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args([cmd, "--help"])
+        assert exc.value.code == 0
+    r = sfb("--help")
+    assert r.returncode == 0 and all(c in r.stdout for c in SUBCOMMANDS)
+
+
+@pytest.fixture(scope="module")
+def served():
+    p = ServeProcess("--model", "testsrc", "--width", "128", "--height", "80")
+    yield p
+    p.stop()
+
+
+def ctl(p: ServeProcess, *args: str) -> dict:
+    r = sfb(*args, "--control", p.control)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_cli_controls_a_running_daemon(served):
+    st = ctl(served, "status")
+    assert st["model"] == "testsrc" and (st["width"], st["height"]) == (128, 80) and st["protocol"] == 1
+    res = ctl(served, "prompt", "a lighthouse in a storm", "--transition", "blend", "--blend-blocks", "2")
+    assert res["state_id"] > st["state_id"]
+    assert ctl(served, "seed", "123")["state_id"] == res["state_id"] + 1
+    assert ctl(served, "pause") == {"paused": True}
+    assert ctl(served, "status")["paused"] is True
+    assert ctl(served, "resume") == {"paused": False}
+    st2 = ctl(served, "status")
+    assert st2["prompt"] == "a lighthouse in a storm" and st2["seed"] == 123
+    r = sfb("steps", "1000", "500", "--control", served.control)
+    assert r.returncode == 1 and "not_supported" in r.stderr
+
+
+def test_record_writes_a_playable_video(served, tmp_path):
+    out = tmp_path / "out.mp4"
+    r = sfb("record", str(out), "--seconds", "1.5", "--control", served.control, "--frames", served.frames)
+    assert r.returncode == 0, r.stderr
+    with av.open(str(out)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 24 and frames[0].shape == (80, 128, 3)
+    assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 1  # it moves
+
+
+def test_requests_without_daemon_fail_clearly():
+    r = sfb("status", "--control", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.3")
+    assert r.returncode == 3 and "is `sfbridge serve` running?" in r.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_clean_shutdown_on_signal(sig):
+    p = ServeProcess("--width", "64", "--height", "48")
+    rc = p.stop(sig)
+    out = p.output()
+    assert rc == 0, out
+    assert "shutting down" in out and "Traceback" not in out
+
+
+def test_serve_refuses_a_busy_port(served):
+    r = sfb("serve", "--control", served.control, "--frames", f"tcp://127.0.0.1:{free_port()}")
+    assert r.returncode == 1 and "Address already in use" in r.stderr
+
+
+def test_serve_unknown_model_is_clear():
+    r = sfb("serve", "--model", "nope", "--control", f"tcp://127.0.0.1:{free_port()}")
+    assert r.returncode == 1 and "unknown model 'nope'" in r.stderr
