@@ -1,0 +1,111 @@
+"""GPU benchmark of the full 1.3B causal DiT with random weights (no download).
+
+Reports ms per block (denoising steps + context pass), FPS (12 frames / block time), peak
+memory, for global vs rolling cache, fp16/bf16 and SDPA vs flash-attn:
+
+    python benchmarks/bench_model_gpu.py                    # 480x832, all combinations
+    python benchmarks/bench_model_gpu.py --dtype bf16 --cache rolling --attn sdpa
+    python benchmarks/bench_model_gpu.py --tiny --device cpu --blocks 3   # dry run on CPU
+
+Exits with status 2 and a message when CUDA is requested but not available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+
+import torch
+from sfbridge.model.attention import flash_available, select_backend
+from sfbridge.model.config import ModelConfig, StreamConfig
+from sfbridge.model.pipeline import StreamPipeline
+from sfbridge.model.weights import random_model
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="tiny config (dry run of the script logic)")
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--width", type=int, default=832)
+    ap.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["bf16", "fp16"])
+    ap.add_argument("--cache", nargs="+", choices=["global", "rolling"], default=["global", "rolling"])
+    ap.add_argument("--attn", nargs="+", choices=["sdpa", "flash"], default=["sdpa", "flash"])
+    ap.add_argument("--window", type=int, default=12, help="rolling window in latent frames")
+    ap.add_argument("--sink", type=int, default=3)
+    ap.add_argument("--steps", type=int, nargs="+", default=[1000, 750, 500, 250])
+    ap.add_argument("--blocks", type=int, default=7, help="blocks timed per configuration")
+    ap.add_argument("--warmup", type=int, default=2)
+    a = ap.parse_args(argv)
+    if a.height % 16 or a.width % 16:
+        ap.error("height and width must be multiples of 16")
+    return a
+
+
+def bench_one(model: torch.nn.Module, a: argparse.Namespace, cache: str, device: torch.device) -> dict:
+    F = 3
+    total = a.warmup + a.blocks
+    cfg = StreamConfig(latent_h=a.height // 8, latent_w=a.width // 8,
+                       local_attn_size=a.window if cache == "rolling" else -1,
+                       sink_size=a.sink if cache == "rolling" else 0,
+                       global_cache_frames=max(21, total * F), denoising_step_list=tuple(a.steps))
+    pipe = StreamPipeline(model, cfg)
+    mcfg = model.cfg
+    pipe.set_prompt_embeds(torch.randn(1, mcfg.text_len, mcfg.text_dim, device=device))
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(total):
+        t0 = time.perf_counter()
+        pipe.next_block()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= a.warmup:
+            times.append(time.perf_counter() - t0)
+    ms = 1e3 * sum(times) / len(times)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    out = dict(ms=ms, fps=12 / (ms / 1e3), peak_gib=peak, cache_gib=(pipe.kv.nbytes() + pipe.cross.nbytes()) / 2**30)
+    del pipe
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    device = torch.device(a.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_model_gpu: CUDA is not available (use --tiny --device cpu for a dry run)", file=sys.stderr)
+        return 2
+    mcfg = (ModelConfig(dim=64, num_heads=2, num_layers=2, ffn_dim=128, text_dim=32, text_len=16)
+            if a.tiny else ModelConfig())
+    if a.tiny:
+        a.height, a.width = min(a.height, 64), min(a.width, 96)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device {name}, {'tiny' if a.tiny else '1.3B'} model, {a.height}x{a.width}, "
+          f"{len(a.steps)} steps + context pass, flash-attn available: {flash_available()}")
+    print(f"{'dtype':5} {'cache':8} {'attn':5} {'ms/block':>9} {'FPS':>7} {'peak GiB':>9} {'cache GiB':>9}")
+    for dt in a.dtype:
+        dtype = DTYPES[dt]
+        model = random_model(mcfg, seed=0, dtype=dtype, device=device)
+        for attn, cache in itertools.product(a.attn, a.cache):
+            try:
+                model.attn_backend = select_backend(attn, device, dtype)
+            except RuntimeError as e:
+                print(f"{dt:5} {cache:8} {attn:5} skipped: {e}")
+                continue
+            r = bench_one(model, a, cache, device)
+            print(f"{dt:5} {cache:8} {attn:5} {r['ms']:9.1f} {r['fps']:7.2f} {r['peak_gib']:9.2f} "
+                  f"{r['cache_gib']:9.3f}", flush=True)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
