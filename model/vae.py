@@ -200,9 +200,7 @@ class Resample(nn.Module):
         self.resample = nn.Sequential(
             nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact"), nn.Conv2d(dim, dim // 2, 3, padding=1)
         )
-        self.time_conv = (
-            CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0)) if mode == "upsample3d" else None
-        )
+        self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0)) if mode == "upsample3d" else None
 
     def forward(self, x: torch.Tensor, cache: FeatureCache | None) -> torch.Tensor:
         B, C, T, H, W = x.shape
@@ -250,9 +248,7 @@ class Decoder3d(nn.Module):
                 ups.append(Resample(out_dim, "upsample3d" if temperal_upsample[i] else "upsample2d"))
                 scale *= 2.0
         self.upsamples = nn.Sequential(*ups)
-        self.head = nn.Sequential(
-            RMSNorm(dims[-1], images=False), nn.SiLU(), CausalConv3d(dims[-1], 3, 3, padding=1)
-        )
+        self.head = nn.Sequential(RMSNorm(dims[-1], images=False), nn.SiLU(), CausalConv3d(dims[-1], 3, 3, padding=1))
         # cache slots in call order (the 1x1x1 shortcuts need none): 32 for Wan2.1
         cached = [m for m in self.modules() if isinstance(m, CausalConv3d) and m.time_pad > 0]
         order = [m for m in self._call_order() if m in cached]
@@ -293,9 +289,7 @@ class WanVAEDecoder(nn.Module):
         self.conv2 = CausalConv3d(self.cfg.z_dim, self.cfg.z_dim, 1)
         self.decoder = Decoder3d(self.cfg)
         # not in the checkpoint: the wrapper's constants (persistent=False keeps them out of state_dict)
-        assert self.cfg.z_dim == len(LATENT_MEAN), (
-            f"normalisation constants are for z_dim 16, got {self.cfg.z_dim}"
-        )
+        assert self.cfg.z_dim == len(LATENT_MEAN), f"normalisation constants are for z_dim 16, got {self.cfg.z_dim}"
         self.register_buffer("mean", torch.tensor(LATENT_MEAN).view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(LATENT_STD).view(1, -1, 1, 1, 1), persistent=False)
 
@@ -305,9 +299,7 @@ class WanVAEDecoder(nn.Module):
 
     def forward(self, latents: torch.Tensor, cache: FeatureCache | None) -> torch.Tensor:
         B, F_, C, h, w = latents.shape
-        assert C == self.cfg.z_dim, (
-            f"latents must be [B, F, {self.cfg.z_dim}, h, w], got {tuple(latents.shape)}"
-        )
+        assert C == self.cfg.z_dim, f"latents must be [B, F, {self.cfg.z_dim}, h, w], got {tuple(latents.shape)}"
         z = latents.to(self.conv2.weight.dtype).permute(0, 2, 1, 3, 4)  # [B, z, F, h, w]
         # official: z / (1/std) + mean, i.e. z * std + mean (differs from this in the last bit only)
         z = z * self.std.to(z.dtype) + self.mean.to(z.dtype)
@@ -394,8 +386,6 @@ def to_uint8_rgb(pixels: torch.Tensor) -> torch.Tensor:
     """
     if pixels.ndim == 5:
         pixels = pixels.flatten(0, 1)
-    assert pixels.ndim == 4 and pixels.shape[1] == 3, (
-        f"pixels must be [..., T, 3, H, W], got {tuple(pixels.shape)}"
-    )
+    assert pixels.ndim == 4 and pixels.shape[1] == 3, f"pixels must be [..., T, 3, H, W], got {tuple(pixels.shape)}"
     x = (pixels.float().clamp(-1, 1) * 0.5 + 0.5) * 255.0
     return x.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
