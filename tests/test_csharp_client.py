@@ -38,8 +38,7 @@ MCS = shutil.which("mcs")
 MONO = shutil.which("mono")
 needs_mono = pytest.mark.skipif(
     MCS is None or MONO is None,
-    reason="!!! mcs/mono not installed: C# client NOT tested "
-    "(apt-get install -y --no-install-recommends mono-mcs) !!!",
+    reason="!!! mcs/mono not installed: C# client NOT tested (apt-get install -y --no-install-recommends mono-mcs) !!!",
 )
 
 
@@ -49,8 +48,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _compile(out: Path, sources: list[Path], target: str = "exe") -> None:
-    cmd = [MCS, "-langversion:7.2", "-warnaserror+", f"-target:{target}", f"-out:{out}"]
+def _compile(out: Path, sources: list[Path], target: str = "exe", extra: tuple[str, ...] = ()) -> None:
+    # mcs 6.8 accepts -langversion up to 7.2, a subset of the C# 7.3 that Unity compiles.
+    cmd = [MCS, "-langversion:7.2", "-warnaserror+", f"-target:{target}", f"-out:{out}", *extra]
     cmd += [str(s) for s in sources]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"mcs failed:\n{r.stdout}\n{r.stderr}"
@@ -64,9 +64,22 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "sfbridge.cli", "serve", "--model", "testsrc",
-               "--control", self.control, "--frames", self.frames,
-               "--width", str(W), "--height", str(H)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sfbridge.cli",
+            "serve",
+            "--model",
+            "testsrc",
+            "--control",
+            self.control,
+            "--frames",
+            self.frames,
+            "--width",
+            str(W),
+            "--height",
+            str(H),
+        ]
         with open(self.log, "ab") as f:
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
         self.wait_ready()
@@ -75,8 +88,9 @@ class Daemon:
         ctx = zmq.Context.instance()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, \
+            assert self.proc is not None and self.proc.poll() is None, (
                 f"daemon exited early:\n{self.log.read_text(errors='replace')[-3000:]}"
+            )
             s = ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             try:
@@ -120,17 +134,50 @@ def test_csharp_console_client(tmp_path, daemon):
     _compile(exe, sorted((UNITY / "Runtime" / "Core").glob("*.cs")) + [UNITY / "Tests~" / "ConsoleTest.cs"])
     compile_s = time.monotonic() - t0
 
-    sample = {"u8": 200, "u16": 60000, "u32": 4000000000, "u64": 2**63 + 5, "i8": -100, "i16": -30000,
-              "i32": -2000000000, "i64": -(2**40), "fix": 5, "nfix": -3, "f64": 0.1, "t": True, "f": False,
-              "n": None, "s": "héllo", "b": b"\x00\x01\xff", "a": [1, [2, {"x": "y"}]], "m": {"k": 1.5}}
+    sample = {
+        "u8": 200,
+        "u16": 60000,
+        "u32": 4000000000,
+        "u64": 2**63 + 5,
+        "i8": -100,
+        "i16": -30000,
+        "i32": -2000000000,
+        "i64": -(2**40),
+        "fix": 5,
+        "nfix": -3,
+        "f64": 0.1,
+        "t": True,
+        "f": False,
+        "n": None,
+        "s": "héllo",
+        "b": b"\x00\x01\xff",
+        "a": [1, [2, {"x": "y"}]],
+        "m": {"k": 1.5},
+    }
     packed = msgpack.packb(sample)
     assert packed[0] == 0xDE  # map16
     jpeg_out = tmp_path / "frame.jpg"
-    cmd = [MONO, "--debug", str(exe), "--control", daemon.control, "--frames", daemon.frames,
-           "--width", str(W), "--height", str(H), "--save-jpeg", str(jpeg_out),
-           "--msgpack-hex", packed.hex(), "--restart"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, bufsize=1)
+    cmd = [
+        MONO,
+        "--debug",
+        str(exe),
+        "--control",
+        daemon.control,
+        "--frames",
+        daemon.frames,
+        "--width",
+        str(W),
+        "--height",
+        str(H),
+        "--save-jpeg",
+        str(jpeg_out),
+        "--msgpack-hex",
+        packed.hex(),
+        "--restart",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+    )
     stderr_lines: list[str] = []
     threading.Thread(target=lambda: stderr_lines.extend(proc.stderr), daemon=True).start()
     out: list[str] = []
@@ -157,23 +204,64 @@ def test_csharp_console_client(tmp_path, daemon):
     diag = f"stdout:\n{text}\nstderr (last 40):\n{''.join(stderr_lines[-40:])}"
     assert rc == 0 and "ALL_OK" in out, diag
     ok = {line.split()[1]: line for line in out if line.startswith("OK ")}
-    for name in ["msgpack_selftest", "msgpack_crosscheck", "status", "ping", "error_unknown_op",
-                 "error_invalid_value", "jpeg_frames", "rgb24_frames", "events", "prompt_state", "seed",
-                 "steps_not_supported", "pause_resume", "reset", "noticed_down", "control_timeout",
-                 "reconnected", "shutdown"]:
+    for name in [
+        "msgpack_selftest",
+        "msgpack_crosscheck",
+        "status",
+        "ping",
+        "error_unknown_op",
+        "error_invalid_value",
+        "jpeg_frames",
+        "rgb24_frames",
+        "events",
+        "prompt_state",
+        "seed",
+        "steps_not_supported",
+        "pause_resume",
+        "reset",
+        "noticed_down",
+        "control_timeout",
+        "reconnected",
+        "shutdown",
+    ]:
         assert name in ok, f"missing check {name}\n{diag}"
     assert "applied_event seen" in ok["applied_event"], diag
 
     # msgpack both ways against Python's implementation.
     decoded = next(line for line in out if line.startswith("MSGPACK_DECODED "))
-    for frag in ['u8: 200', 'u16: 60000', 'u32: 4000000000', f'u64: {2**63 + 5}', 'i8: -100', 'i16: -30000',
-                 'i32: -2000000000', f'i64: {-(2**40)}', 'nfix: -3', 'f64: 0.1', 't: true', 'f: false', 'n: null',
-                 's: "héllo"', 'b: <bin 3>', 'a: [1, [2, {x: "y"}]]', 'm: {k: 1.5}']:
+    for frag in [
+        "u8: 200",
+        "u16: 60000",
+        "u32: 4000000000",
+        f"u64: {2**63 + 5}",
+        "i8: -100",
+        "i16: -30000",
+        "i32: -2000000000",
+        f"i64: {-(2**40)}",
+        "nfix: -3",
+        "f64: 0.1",
+        "t: true",
+        "f: false",
+        "n: null",
+        's: "héllo"',
+        "b: <bin 3>",
+        'a: [1, [2, {x: "y"}]]',
+        "m: {k: 1.5}",
+    ]:
         assert frag in decoded, f"{frag!r} not in {decoded}"
     enc = bytes.fromhex(next(line for line in out if line.startswith("MSGPACK_ENCODED ")).split()[1])
-    assert msgpack.unpackb(enc) == {"op": "prompt", "id": 7, "neg": -100000, "big": 1 << 40, "f32": 0.25,
-                                    "f64": 3.5, "nil": None, "yes": True, "bin": b"\x00\xff",
-                                    "arr": [1, "two", 3.0]}
+    assert msgpack.unpackb(enc) == {
+        "op": "prompt",
+        "id": 7,
+        "neg": -100000,
+        "big": 1 << 40,
+        "f32": 0.25,
+        "f64": 3.5,
+        "nil": None,
+        "yes": True,
+        "bin": b"\x00\xff",
+        "arr": [1, "two", 3.0],
+    }
 
     # The saved frame is a real JPEG of the requested size (decoded here with simplejpeg).
     import simplejpeg
@@ -190,16 +278,32 @@ def test_unity_scripts_compile(tmp_path):
     sources = sorted((UNITY / "Runtime").rglob("*.cs")) + sorted((UNITY / "Samples~").rglob("*.cs"))
     sources.append(UNITY / "Tests~" / "UnityStubs.cs")
     assert any(p.parent.name == "Unity" for p in sources)
-    _compile(tmp_path / "SfbridgeUnity.dll", sources, target="library")
+    # Also type-check the sample's legacy-input branch.
+    _compile(tmp_path / "SfbridgeUnity.dll", sources, target="library", extra=("-define:ENABLE_LEGACY_INPUT_MANAGER",))
 
 
 def test_core_has_no_unity_dependency():
     """Runtime/Core must compile without UnityEngine (it is what the console test runs)."""
     for p in (UNITY / "Runtime" / "Core").glob("*.cs"):
         src = p.read_text(encoding="utf-8")
-        assert "UnityEngine" not in src.replace("no UnityEngine references", ""), p
+        assert "using UnityEngine" not in src and "UnityEngine." not in src, p
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__, "-v", "-s"]))
+def test_unity_package_layout():
+    """Git-URL packages are immutable in Unity: every asset outside `~` folders needs a .meta."""
+    import json
 
+    pkg = json.loads((UNITY / "package.json").read_text())
+    assert pkg["name"] == "com.sfbridge.client"
+    guids = set()
+    for p in UNITY.rglob("*"):
+        rel = p.relative_to(UNITY)
+        if any(part.endswith("~") or part.startswith(".") for part in rel.parts) or p.suffix == ".meta":
+            continue
+        meta = p.with_name(p.name + ".meta")
+        assert meta.is_file(), f"missing {meta.relative_to(REPO)}"
+        guid = next(line.split()[1] for line in meta.read_text().splitlines() if line.startswith("guid:"))
+        assert guid not in guids, f"duplicate guid in {meta}"
+        guids.add(guid)
+    for asmdef in UNITY.rglob("*.asmdef"):
+        json.loads(asmdef.read_text())

@@ -1,0 +1,347 @@
+// sfbridge Unity client - MonoBehaviour that shows the daemon's live stream in a Texture2D and
+// exposes the steering API to game code. All sockets live on background threads; nothing here
+// blocks the main thread. Callbacks and C# events are raised on the main thread (in Update).
+//
+// Orientation: Unity textures are stored bottom-up. JPEG frames go through
+// ImageConversion.LoadImage, which already produces an upright texture. rgb24 frames arrive top
+// to bottom (PROTOCOL.md 3), so their rows are flipped before LoadRawTextureData (flipRgbRows,
+// on by default); no UV tricks are needed on the material or RawImage.
+
+using System;
+using System.Collections.Concurrent;
+using System.Collections.Generic;
+using System.Threading.Tasks;
+using UnityEngine;
+using UnityEngine.UI;
+
+namespace Sfbridge.Unity
+{
+    [DisallowMultipleComponent]
+    [AddComponentMenu("sfbridge/Sfbridge Stream")]
+    public class SfbridgeStream : MonoBehaviour
+    {
+        [Header("Daemon")]
+        [Tooltip("Control endpoint of `sfbridge serve` (ROUTER).")]
+        public string controlEndpoint = "tcp://127.0.0.1:5555";
+        [Tooltip("Frames endpoint of `sfbridge serve` (XPUB).")]
+        public string framesEndpoint = "tcp://127.0.0.1:5556";
+        [Tooltip("Jpeg: small, decoded with ImageConversion.LoadImage. Rgb24: raw, no decode cost, ~20x the bandwidth.")]
+        public SfbridgeFormat format = SfbridgeFormat.Jpeg;
+        [Tooltip("Connect in OnEnable.")]
+        public bool connectOnEnable = true;
+        [Tooltip("Per-request timeout (ms); requests are retried with a fresh socket (PROTOCOL.md 1.2).")]
+        public int requestTimeoutMs = 2000;
+        [Tooltip("Attempts per request.")]
+        public int requestAttempts = 3;
+
+        [Header("Targets (any combination)")]
+        [Tooltip("Renderer whose material gets the texture.")]
+        public Renderer targetRenderer;
+        [Tooltip("Texture property on the renderer's material: _MainTex (Built-in), _BaseMap (URP Lit), _BaseColorMap (HDRP Lit).")]
+        public string textureProperty = "_MainTex";
+        [Tooltip("UI RawImage that shows the texture.")]
+        public RawImage targetRawImage;
+        [Tooltip("Put the stream on the skybox (equirectangular panorama via Skybox/Panoramic).")]
+        public bool setSkybox = false;
+        [Tooltip("Skybox material to use; when empty a Skybox/Panoramic material is created.")]
+        public Material skyboxMaterial;
+
+        [Header("Texture")]
+        [Tooltip("rgb24 only: flip rows so the image is upright in Unity's bottom-up texture layout.")]
+        public bool flipRgbRows = true;
+        public FilterMode filterMode = FilterMode.Bilinear;
+        public TextureWrapMode wrapMode = TextureWrapMode.Clamp;
+
+        [Header("Diagnostics")]
+        public bool logToConsole = true;
+
+        /// <summary>New frame shown (main thread): the texture (same object every time unless
+        /// recreated) and the frame with its header.</summary>
+        public event Action<Texture2D, SfbridgeFrame> FrameReceived;
+        /// <summary>Daemon event (main thread): started, applied, paused, resumed, error, stats, stopping.</summary>
+        public event Action<Dictionary<string, object>> EventReceived;
+        /// <summary>Stream connection state changed (main thread).</summary>
+        public event Action<SfbridgeConnectionState> ConnectionStateChanged;
+
+        /// <summary>The texture frames are written into (null before the first frame).</summary>
+        public Texture2D Texture { get { return _texture; } }
+        /// <summary>The header of the last frame shown.</summary>
+        public SfbridgeFrame LastFrame { get { return _lastFrame; } }
+        public SfbridgeConnectionState ConnectionState { get { return _state; } }
+        /// <summary>Low-level clients, for advanced use (null while disabled).</summary>
+        public SfbridgeSubscriber Subscriber { get { return _subscriber; } }
+        public SfbridgeControl Control { get { return _control; } }
+        public long FramesShown { get { return _framesShown; } }
+
+        SfbridgeSubscriber _subscriber;
+        SfbridgeControl _control;
+        Texture2D _texture;
+        Material _createdSkybox;
+        SfbridgeFrame _lastFrame;
+        byte[] _flipBuffer;
+        long _framesShown;
+        SfbridgeConnectionState _state = SfbridgeConnectionState.Disconnected;
+        readonly ConcurrentQueue<Action> _mainThread = new ConcurrentQueue<Action>();
+
+        void OnEnable()
+        {
+            if (connectOnEnable) Connect();
+        }
+
+        void OnDisable()
+        {
+            Disconnect();
+        }
+
+        void OnApplicationQuit()
+        {
+            Disconnect();
+        }
+
+        void OnDestroy()
+        {
+            Disconnect();
+            if (_texture != null) Destroy(_texture);
+            if (_createdSkybox != null) Destroy(_createdSkybox);
+            _texture = null;
+            _createdSkybox = null;
+        }
+
+        /// <summary>Starts the stream and control clients (idempotent).</summary>
+        public void Connect()
+        {
+            if (_subscriber != null) return;
+            try
+            {
+                _subscriber = new SfbridgeSubscriber(framesEndpoint, format, true);
+                _subscriber.StateChanged += s => _mainThread.Enqueue(() => SetState(s));
+                if (logToConsole) _subscriber.Log += m => Debug.Log("[sfbridge] " + m);
+                _subscriber.Start();
+                _control = new SfbridgeControl(controlEndpoint);
+                _control.TimeoutMs = requestTimeoutMs;
+                _control.Attempts = requestAttempts;
+                if (logToConsole) _control.Log += m => Debug.Log("[sfbridge] " + m);
+            }
+            catch (Exception e)
+            {
+                Debug.LogError("[sfbridge] cannot start: " + e.Message);
+                Disconnect();
+            }
+        }
+
+        /// <summary>Stops threads (joined with a timeout) and closes sockets. Safe to call twice;
+        /// no static state survives it, so entering Play mode again starts clean.</summary>
+        public void Disconnect()
+        {
+            var s = _subscriber;
+            var c = _control;
+            _subscriber = null;
+            _control = null;
+            if (s != null) s.Stop(1000);
+            if (c != null) c.Close(1000);
+            Action dropped;
+            while (_mainThread.TryDequeue(out dropped)) { }
+            SetState(SfbridgeConnectionState.Disconnected);
+        }
+
+        void SetState(SfbridgeConnectionState s)
+        {
+            if (s == _state) return;
+            _state = s;
+            var h = ConnectionStateChanged;
+            if (h != null) h(s);
+        }
+
+        void Update()
+        {
+            Action a;
+            int budget = 64;
+            while (budget-- > 0 && _mainThread.TryDequeue(out a))
+            {
+                try { a(); } catch (Exception e) { Debug.LogException(e); }
+            }
+            var sub = _subscriber;
+            if (sub == null) return;
+
+            Dictionary<string, object> ev;
+            while (sub.TryDequeueEvent(out ev))
+            {
+                var h = EventReceived;
+                if (h != null)
+                {
+                    try { h(ev); } catch (Exception e) { Debug.LogException(e); }
+                }
+            }
+
+            // Only the newest frame is decoded; older ones were dropped on the receive thread.
+            SfbridgeFrame f = sub.TryTakeLatest();
+            if (f != null) Show(f);
+        }
+
+        void Show(SfbridgeFrame f)
+        {
+            bool created = false;
+            if (_texture == null)
+            {
+                _texture = new Texture2D(f.Width, f.Height, TextureFormat.RGB24, false);
+                _texture.name = "sfbridge stream";
+                _texture.filterMode = filterMode;
+                _texture.wrapMode = wrapMode;
+                created = true;
+            }
+            if (f.Format == "jpeg")
+            {
+                // LoadImage resizes the texture when needed and keeps the same Texture2D object.
+                if (!ImageConversion.LoadImage(_texture, f.Payload, false))
+                {
+                    Debug.LogWarning("[sfbridge] could not decode JPEG frame seq " + f.Seq);
+                    return;
+                }
+            }
+            else
+            {
+                int n = f.Width * f.Height * 3;
+                if (f.Payload.Length != n) return;
+                if (_texture.width != f.Width || _texture.height != f.Height || _texture.format != TextureFormat.RGB24)
+                {
+                    // Size change only: reallocate; same size reuses the GPU texture.
+                    _texture.Reinitialize(f.Width, f.Height, TextureFormat.RGB24, false);
+                }
+                byte[] data = f.Payload;
+                if (flipRgbRows)
+                {
+                    if (_flipBuffer == null || _flipBuffer.Length != n) _flipBuffer = new byte[n];
+                    int row = f.Width * 3;
+                    for (int y = 0; y < f.Height; y++)
+                        Buffer.BlockCopy(f.Payload, y * row, _flipBuffer, (f.Height - 1 - y) * row, row);
+                    data = _flipBuffer;
+                }
+                _texture.LoadRawTextureData(data);
+                _texture.Apply(false, false);
+            }
+            _lastFrame = f;
+            _framesShown++;
+            if (created) AssignTargets();
+            var h = FrameReceived;
+            if (h != null)
+            {
+                try { h(_texture, f); } catch (Exception e) { Debug.LogException(e); }
+            }
+        }
+
+        /// <summary>(Re)applies the texture to the configured targets; call after changing them.</summary>
+        public void AssignTargets()
+        {
+            if (_texture == null) return;
+            if (targetRenderer != null)
+            {
+                Material m = targetRenderer.material; // instance, so shared assets are untouched
+                if (m.HasProperty(textureProperty)) m.SetTexture(textureProperty, _texture);
+                else m.mainTexture = _texture;
+            }
+            if (targetRawImage != null) targetRawImage.texture = _texture;
+            if (setSkybox)
+            {
+                Material sky = skyboxMaterial;
+                if (sky == null)
+                {
+                    if (_createdSkybox == null)
+                    {
+                        Shader sh = Shader.Find("Skybox/Panoramic");
+                        if (sh == null)
+                        {
+                            Debug.LogWarning("[sfbridge] shader Skybox/Panoramic not found (add it to Always Included Shaders)");
+                            return;
+                        }
+                        _createdSkybox = new Material(sh);
+                        _createdSkybox.name = "sfbridge panoramic skybox";
+                    }
+                    sky = _createdSkybox;
+                }
+                sky.SetTexture("_MainTex", _texture);
+                RenderSettings.skybox = sky;
+            }
+        }
+
+        // ---------------------------------------------------------------- steering API
+        // Every call returns at once; the request runs on the control worker thread and the
+        // optional callback gets (reply, error) on the main thread. error is an
+        // SfbridgeRequestException (daemon said no, see Code), an SfbridgeTimeoutException (no
+        // daemon) or ObjectDisposedException (component disabled meanwhile).
+
+        /// <summary>Sends any request map (op + arguments).</summary>
+        public void Request(Dictionary<string, object> request, Action<SfbridgeReply, Exception> callback = null)
+        {
+            var c = _control;
+            if (c == null)
+            {
+                if (callback != null)
+                    _mainThread.Enqueue(() => callback(null, new SfbridgeException("SfbridgeStream is not connected (disabled?)")));
+                return;
+            }
+            c.CallAsync(request).ContinueWith(t => Deliver(t, callback, request), TaskContinuationOptions.ExecuteSynchronously);
+        }
+
+        void Deliver(Task<SfbridgeReply> t, Action<SfbridgeReply, Exception> callback, Dictionary<string, object> request)
+        {
+            Exception err = null;
+            SfbridgeReply rep = null;
+            if (t.IsFaulted) err = t.Exception.InnerException ?? t.Exception;
+            else if (t.IsCanceled) err = new OperationCanceledException();
+            else rep = t.Result;
+            if (err != null && logToConsole && !(err is ObjectDisposedException))
+            {
+                string op = Convert.ToString(request["op"]);
+                _mainThread.Enqueue(() => Debug.LogWarning("[sfbridge] " + op + ": " + err.Message));
+            }
+            if (callback != null) _mainThread.Enqueue(() => callback(rep, err));
+        }
+
+        /// <param name="text">the new prompt (1..4000 characters)</param>
+        /// <param name="transition">"cut" (next block) or "blend" (over blendBlocks blocks)</param>
+        public void SetPrompt(string text, string transition = "cut", int blendBlocks = 4,
+                              Action<SfbridgeReply, Exception> callback = null)
+        {
+            Request(SfbridgeControl.PromptRequest(text, transition, blendBlocks), callback);
+        }
+
+        public void SetSeed(long seed, Action<SfbridgeReply, Exception> callback = null)
+        {
+            Request(SfbridgeControl.SeedRequest(seed), callback);
+        }
+
+        /// <summary>Denoising steps, 1 to 4 strictly decreasing values (not supported by testsrc).</summary>
+        public void SetSteps(int[] steps, Action<SfbridgeReply, Exception> callback = null)
+        {
+            Request(SfbridgeControl.StepsRequest(steps), callback);
+        }
+
+        public void Pause(Action<SfbridgeReply, Exception> callback = null)
+        {
+            var d = new Dictionary<string, object>();
+            d["op"] = "pause";
+            Request(d, callback);
+        }
+
+        public void Resume(Action<SfbridgeReply, Exception> callback = null)
+        {
+            var d = new Dictionary<string, object>();
+            d["op"] = "resume";
+            Request(d, callback);
+        }
+
+        /// <summary>New scene; prompt/seed null keep the current ones.</summary>
+        public void ResetScene(string prompt = null, long? seed = null, Action<SfbridgeReply, Exception> callback = null)
+        {
+            Request(SfbridgeControl.ResetRequest(prompt, seed), callback);
+        }
+
+        /// <summary>The daemon's status map (PROTOCOL.md 2.3) in reply.Result.</summary>
+        public void GetStatus(Action<SfbridgeReply, Exception> callback)
+        {
+            var d = new Dictionary<string, object>();
+            d["op"] = "status";
+            Request(d, callback);
+        }
+    }
+}
