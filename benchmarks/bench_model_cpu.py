@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=160)
     ap.add_argument("--height", type=int, default=96)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default); 1 = stable timings")
-    ap.add_argument("--samples", type=int, default=30, help="blocks timed at each point (median)")
+    ap.add_argument("--samples", type=int, default=50, help="blocks timed at each point (median)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
