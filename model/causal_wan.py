@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .attention import attention
+from .attention import attention, select_backend
 from .config import ModelConfig
 from .kv_cache import CrossAttnCache, KVCache
 from .rope import RoPE
@@ -148,7 +148,7 @@ class Head(nn.Module):
 class CausalWanModel(nn.Module):
     """Flow-prediction DiT. ``forward`` runs one cached generator call on one block."""
 
-    def __init__(self, cfg: ModelConfig, attn_backend: str = "sdpa") -> None:
+    def __init__(self, cfg: ModelConfig, attn_backend: str = "auto") -> None:
         super().__init__()
         self.cfg = cfg
         self.attn_backend = attn_backend
@@ -205,8 +205,11 @@ class CausalWanModel(nn.Module):
             ctx = self.embed_text(context.to(dtype))
         freqs = self.rope.freqs(rope_start_frame, f, h, w, xs.device)  # [1, L, 1, head_dim/2]
         kv.begin(current_start, L)
+        backend = self.attn_backend  # "auto": flash-attn if installed, on CUDA and fp16/bf16, else SDPA
+        if backend == "auto":
+            backend = select_backend("auto", xs.device, dtype)
         for block in self.blocks:
-            xs = block(xs, e0, freqs, ctx, kv, cross, self.attn_backend)
+            xs = block(xs, e0, freqs, ctx, kv, cross, backend)
         cross.is_init = True
 
         out = self.head(xs, e.unflatten(0, (B, F)).unsqueeze(2))  # [B, F, S, pt*ph*pw*C_out]

@@ -95,7 +95,7 @@ def check_state_dict(sd: dict[str, torch.Tensor], model: torch.nn.Module, source
 
 
 def load_model(path: str | os.PathLike, cfg: ModelConfig | None = None, dtype: torch.dtype = torch.float32,
-               device: torch.device | str = "cpu", attn_backend: str = "sdpa") -> CausalWanModel:
+               device: torch.device | str = "cpu", attn_backend: str = "auto") -> CausalWanModel:
     """Build CausalWanModel(cfg) without initialising weights and fill it from ``path``."""
     cfg = cfg or ModelConfig()
     with torch.device("meta"):
@@ -111,7 +111,7 @@ def load_model(path: str | os.PathLike, cfg: ModelConfig | None = None, dtype: t
 
 
 def random_model(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu", attn_backend: str = "sdpa",
+                 device: torch.device | str = "cpu", attn_backend: str = "auto",
                  std: float = 0.05) -> CausalWanModel:
     """Seeded random weights (tiny generator, benchmarks): small normal weights, unit norms.
 
