@@ -258,7 +258,7 @@ def test_subscriber_that_never_reads_does_not_slow_the_engine(make_daemon):
     time.sleep(0.5)
     t0, f0 = time.monotonic(), c.status()["stats"].get("frames_total", 0)
     n = 0
-    for f in c.subscribe("jpeg", timeout=5):
+    for _frame in c.subscribe("jpeg", timeout=5):
         n += 1
         if time.monotonic() - t0 > 3:
             break

@@ -114,20 +114,24 @@ class TestSource(Generator):
 
     def _render(self, frame: int, block: int, idx: int, colors: np.ndarray, s: Steering) -> np.ndarray:
         t = frame / self.fps
-        # Diagonal bands scrolling right: a visible, smooth motion at any resolution.
-        wave = 0.5 + 0.5 * np.sin(2 * np.pi * (3.0 * self._x + 1.5 * self._y - 0.25 * t))  # [H, W]
-        img = colors[0][None, None, :] * wave[..., None] + colors[1][None, None, :] * (1 - wave[..., None])
+        # Diagonal bands scrolling right: sin(a x + b y - c t) from 1-D tables by the angle-sum
+        # identity (two outer products instead of H*W sines), then a 256-entry colour palette.
+        ax, by = 2 * np.pi * 3.0 * self._x, 2 * np.pi * (1.5 * self._y - 0.25 * t)
+        wave = np.sin(ax) * np.cos(by) + np.cos(ax) * np.sin(by)  # [H, W] in -1..1
+        level = ((wave + 1.0) * 127.5).astype(np.uint8)
+        ramp = np.linspace(0.0, 1.0, 256, dtype=np.float32)[:, None]
+        palette = (colors[0] * ramp + colors[1] * (1 - ramp)).astype(np.uint8)  # [256, 3]
+        out = palette[level]  # [H, W, 3]
         # A bouncing square whose path depends on the seed.
         rng_phase = (s.seed * 0.6180339887) % 1.0  # golden-ratio step: nearby seeds differ a lot
         size = max(4, min(self.width, self.height) // 6)
         px = int((0.5 + 0.45 * np.sin(2 * np.pi * (0.13 * t + rng_phase))) * (self.width - size))
         py = int((0.5 + 0.45 * np.sin(2 * np.pi * (0.21 * t + 2 * rng_phase))) * (self.height - size))
-        img[py:py + size, px:px + size] = 255.0 - colors[0]
+        out[py:py + size, px:px + size] = (255.0 - colors[0]).astype(np.uint8)
         # A 16-step progress bar along the bottom: one cell per frame within a second.
         cell = self.width // 16
         bar_h = max(2, self.height // 60)
-        img[-bar_h:, : cell * (frame % 16 + 1)] = 255.0
-        out = img.astype(np.uint8)
+        out[-bar_h:, : cell * (frame % 16 + 1)] = 255
         self._draw_text(out, frame, block, idx, s)
         return out
 
