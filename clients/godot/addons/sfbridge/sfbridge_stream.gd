@@ -1,0 +1,450 @@
+## Live frames from `sfbridge serve` as an ImageTexture, plus the steering API.
+##
+## Add this node, point `target` at a TextureRect / Sprite2D / Sprite3D (its `texture`), a
+## MeshInstance3D (its material's `material_property`), or a WorldEnvironment (the sky becomes a
+## PanoramaSkyMaterial with the stream as panorama), or use `texture` yourself. Everything runs in
+## _process without blocking: the stream connection is read until empty every frame and only the
+## newest frame is decoded (older ones are dropped). Control requests are queued, sent one at a
+## time with timeout + retry (PROTOCOL.md 1.2) and answered through signals.
+class_name SFBridgeStream
+extends Node
+
+const MsgPack := preload("msgpack.gd")
+const Zmtp := preload("zmtp.gd")
+const PROTOCOL_VERSION := 1
+
+enum ConnectionState { DISCONNECTED, CONNECTING, CONNECTED }
+
+## A new frame is on `texture` (header: the frame header map, PROTOCOL.md 3.1).
+signal frame_received(texture: ImageTexture, header: Dictionary)
+## A daemon event: started, applied, paused, resumed, error, stats, stopping (PROTOCOL.md 3.2).
+signal event_received(event: Dictionary)
+## Stream connection state changed (ConnectionState).
+signal connection_state_changed(state: int)
+## A request succeeded: the reply's `result` map.
+signal reply_received(request_id: int, op: String, result: Dictionary)
+## A request failed: code is a daemon error code (PROTOCOL.md 2.4) or "timeout" (no daemon).
+signal request_failed(request_id: int, op: String, code: String, message: String)
+## Convenience: the `status` map (PROTOCOL.md 2.3) after status().
+signal status_received(status: Dictionary)
+
+@export var control_endpoint := "tcp://127.0.0.1:5555"
+@export var frames_endpoint := "tcp://127.0.0.1:5556"
+## "jpeg" (small, decoded with Image.load_jpg_from_buffer) or "rgb24" (raw, no decoding).
+@export_enum("jpeg", "rgb24") var format := "jpeg"
+## Connect when the node enters the tree.
+@export var autostart := true
+## Node that shows the texture (TextureRect, Sprite2D/3D, MeshInstance3D, WorldEnvironment).
+@export var target: NodePath
+## Material property set on a MeshInstance3D target (StandardMaterial3D: albedo_texture;
+## ShaderMaterial: a shader uniform name).
+@export var material_property := "albedo_texture"
+## Per-request timeout and attempts (PROTOCOL.md 1.2).
+@export var request_timeout_ms := 2000
+@export var request_attempts := 3
+## Reconnect backoff of the stream connection.
+@export var reconnect_min_ms := 100
+@export var reconnect_max_ms := 2000
+## No bytes for this long (the daemon sends stats every second) = reconnect. 0 disables.
+@export var idle_timeout_ms := 5000
+@export var verbose := false
+
+## The texture frames are written into (null before the first frame). The same object is
+## reused for the node's lifetime (updated in place; set_image() only when the size changes).
+var texture: ImageTexture
+## The decoded Image of the last frame (reused).
+var image: Image
+## Header of the last frame shown.
+var last_header: Dictionary = {}
+var connection_state: ConnectionState = ConnectionState.DISCONNECTED
+var frames_received := 0
+var frames_shown := 0
+var frames_dropped := 0
+var connects := 0
+var events_received := 0
+
+var _running := false
+var _stream: Zmtp
+var _stream_host := ""
+var _stream_port := 0
+var _retry_at_ms := 0
+var _backoff_ms := 0
+var _pinged := false
+var _last_stream := ""
+var _last_seq := -1
+var _warned_version := false
+
+var _control: Zmtp
+var _control_host := ""
+var _control_port := 0
+var _queue: Array = []  # pending requests: {id, op, body, attempt}
+var _inflight: Dictionary = {}
+var _next_id := 1
+
+
+func _enter_tree() -> void:
+	if autostart:
+		start()
+
+
+func _exit_tree() -> void:
+	stop()
+
+
+## Opens the connections (idempotent). Returns false on a malformed endpoint.
+func start() -> bool:
+	if _running:
+		return true
+	var s := _parse_endpoint(frames_endpoint)
+	var c := _parse_endpoint(control_endpoint)
+	if s.is_empty() or c.is_empty():
+		return false
+	_stream_host = s.host
+	_stream_port = s.port
+	_control_host = c.host
+	_control_port = c.port
+	_running = true
+	_backoff_ms = reconnect_min_ms
+	_retry_at_ms = 0
+	set_process(true)
+	return true
+
+
+## Closes both connections; pending requests fail with code "cancelled".
+func stop() -> void:
+	_running = false
+	if _stream:
+		_stream.close("stopped")
+		_stream = null
+	if _control:
+		_control.close("stopped")
+		_control = null
+	var pending := _queue.duplicate()
+	if not _inflight.is_empty():
+		pending.push_front(_inflight)
+	_queue.clear()
+	_inflight = {}
+	for r in pending:
+		request_failed.emit(r.id, r.op, "cancelled", "SFBridgeStream stopped")
+	_set_state(ConnectionState.DISCONNECTED)
+
+
+func is_stream_connected() -> bool:
+	return connection_state == ConnectionState.CONNECTED
+
+
+# ------------------------------------------------------------------ steering API
+# Every call returns a request id at once; the answer comes as reply_received or request_failed.
+
+
+## Changes the prompt. transition: "cut" or "blend" (over blend_blocks blocks, 1..64).
+func set_prompt(text: String, transition := "cut", blend_blocks := 4) -> int:
+	var args := {"text": text, "transition": transition}
+	if transition == "blend":
+		args["blend_blocks"] = blend_blocks
+	return request("prompt", args)
+
+
+func set_seed(seed_value: int) -> int:
+	return request("seed", {"seed": seed_value})
+
+
+## Denoising steps, 1..4 strictly decreasing values (not supported by testsrc).
+func set_steps(steps: Array) -> int:
+	return request("steps", {"steps": steps})
+
+
+func pause() -> int:
+	return request("pause")
+
+
+func resume() -> int:
+	return request("resume")
+
+
+## New scene; an empty prompt / negative seed keep the current ones.
+func reset(prompt := "", seed_value := -1) -> int:
+	var args := {}
+	if prompt != "":
+		args["prompt"] = prompt
+	if seed_value >= 0:
+		args["seed"] = seed_value
+	return request("reset", args)
+
+
+func status() -> int:
+	return request("status")
+
+
+func ping() -> int:
+	return request("ping")
+
+
+## Sends any op with arguments. Returns the request id.
+func request(op: String, args := {}) -> int:
+	var id := _next_id
+	_next_id += 1
+	var msg := args.duplicate()
+	msg["op"] = op
+	msg["id"] = id
+	var body := MsgPack.encode(msg)
+	if body.size() > 65536:
+		_emit_failed.call_deferred(id, op, "too_large", "request is %d bytes (limit 65536)" % body.size())
+		return id
+	_queue.append({"id": id, "op": op, "body": body, "attempt": 0, "deadline": 0, "retry_at": 0, "sent": false})
+	return id
+
+
+# ------------------------------------------------------------------ internals
+
+
+func _emit_failed(id: int, op: String, code: String, message: String) -> void:
+	request_failed.emit(id, op, code, message)
+
+
+func _log(msg: String) -> void:
+	if verbose:
+		print("[sfbridge] ", msg)
+
+
+static func _parse_endpoint(ep: String) -> Dictionary:
+	if ep.begins_with("ipc://"):
+		push_error("sfbridge: ipc:// endpoints are not supported in GDScript; use tcp://HOST:PORT")
+		return {}
+	var rest := ep.trim_prefix("tcp://")
+	var colon := rest.rfind(":")
+	if colon <= 0 or not rest.substr(colon + 1).is_valid_int():
+		push_error("sfbridge: endpoint must look like tcp://HOST:PORT, got '%s'" % ep)
+		return {}
+	var host := rest.substr(0, colon).trim_prefix("[").trim_suffix("]")
+	if host == "*" or host == "0.0.0.0":
+		host = "127.0.0.1"
+	return {"host": host, "port": rest.substr(colon + 1).to_int()}
+
+
+func _set_state(s: ConnectionState) -> void:
+	if s != connection_state:
+		connection_state = s
+		connection_state_changed.emit(s)
+
+
+func _process(_delta: float) -> void:
+	if not _running:
+		return
+	_poll_stream()
+	_poll_control()
+
+
+func _poll_stream() -> void:
+	var now := Time.get_ticks_msec()
+	if _stream == null:
+		if now < _retry_at_ms:
+			return
+		_stream = Zmtp.new()
+		_stream.open(_stream_host, _stream_port, "SUB", 2000)
+		_pinged = false
+		_set_state(ConnectionState.CONNECTING)
+	var messages: Array = _stream.poll()
+	if _stream.just_opened:
+		_stream.just_opened = false
+		_stream.subscribe(format)
+		_stream.subscribe("event")
+		connects += 1
+		_backoff_ms = reconnect_min_ms
+		_set_state(ConnectionState.CONNECTED)
+		_log("stream connected to %s:%d" % [_stream_host, _stream_port])
+	var newest: Array = []
+	var newest_header: Dictionary = {}
+	for m in messages:
+		if m.size() != 3:
+			continue
+		var topic: String = (m[0] as PackedByteArray).get_string_from_ascii()
+		var dec := MsgPack.decode(m[1])
+		if not dec.ok or typeof(dec.value) != TYPE_DICTIONARY:
+			_log("ignoring a message with a bad header on '%s'" % topic)
+			continue
+		var h: Dictionary = dec.value
+		_check_version(h)
+		if topic == "event":
+			events_received += 1
+			event_received.emit(h)
+			continue
+		if topic != format:
+			continue
+		var stream_id: String = str(h.get("stream", ""))
+		var seq: int = int(h.get("seq", -1))
+		# Repeats (last-value cache) and older frames are dropped; a new daemon has a new stream id.
+		if stream_id == _last_stream and seq <= _last_seq:
+			continue
+		_last_stream = stream_id
+		_last_seq = seq
+		frames_received += 1
+		if not newest.is_empty():
+			frames_dropped += 1
+		newest = m
+		newest_header = h
+	if not newest.is_empty():
+		_show(newest_header, newest[2])
+	if _stream.state == Zmtp.State.OPEN:
+		var idle := now - _stream.last_rx_ms
+		if idle_timeout_ms > 0 and idle > idle_timeout_ms:
+			_stream.close("no data for %d ms" % idle)
+		elif idle > 1500 and not _pinged:
+			_stream.send_ping()
+			_pinged = true
+		elif idle < 1500:
+			_pinged = false
+	if _stream.state == Zmtp.State.CLOSED:
+		_log("stream: %s; retry in %d ms" % [_stream.error, _backoff_ms])
+		_stream = null
+		_retry_at_ms = now + _backoff_ms
+		_backoff_ms = mini(reconnect_max_ms, _backoff_ms * 2)
+		_set_state(ConnectionState.DISCONNECTED)
+
+
+func _check_version(m: Dictionary) -> void:
+	var v := int(m.get("v", PROTOCOL_VERSION))
+	if v != PROTOCOL_VERSION and not _warned_version:
+		_warned_version = true
+		push_warning("sfbridge: daemon speaks protocol %d, this client knows %d; carrying on" % [v, PROTOCOL_VERSION])
+
+
+func _show(h: Dictionary, payload: PackedByteArray) -> void:
+	var w := int(h.get("w", 0))
+	var hgt := int(h.get("h", 0))
+	if image == null:
+		image = Image.new()
+	if format == "rgb24":
+		if w <= 0 or hgt <= 0 or payload.size() != w * hgt * 3:
+			_log("ignoring an rgb24 frame of %d bytes for %dx%d" % [payload.size(), w, hgt])
+			return
+		image.set_data(w, hgt, false, Image.FORMAT_RGB8, payload)
+	else:
+		var err := image.load_jpg_from_buffer(payload)
+		if err != OK:
+			_log("could not decode JPEG seq %s: %s" % [h.get("seq"), error_string(err)])
+			return
+	if texture == null:
+		texture = ImageTexture.create_from_image(image)
+		_assign_target()
+	elif texture.get_width() != image.get_width() or texture.get_height() != image.get_height() \
+			or texture.get_format() != image.get_format():
+		texture.set_image(image)  # same resource, new size
+	else:
+		texture.update(image)
+	last_header = h
+	frames_shown += 1
+	frame_received.emit(texture, h)
+
+
+## (Re)applies `texture` to `target`; call after changing `target`.
+func _assign_target() -> void:
+	if texture == null or target.is_empty():
+		return
+	var node := get_node_or_null(target)
+	if node == null:
+		push_warning("sfbridge: target %s not found" % target)
+		return
+	if node is WorldEnvironment:
+		var env: Environment = node.environment
+		if env == null:
+			env = Environment.new()
+			node.environment = env
+		if env.sky == null:
+			env.sky = Sky.new()
+		var mat := env.sky.sky_material as PanoramaSkyMaterial
+		if mat == null:
+			mat = PanoramaSkyMaterial.new()
+			env.sky.sky_material = mat
+		mat.panorama = texture
+		env.background_mode = Environment.BG_SKY
+	elif node is GeometryInstance3D and not ("texture" in node):
+		var mat: Material = node.material_override
+		if mat == null and node is MeshInstance3D:
+			mat = node.get_active_material(0)
+			if mat != null:
+				mat = mat.duplicate()  # do not modify a shared resource
+				node.material_override = mat
+		if mat == null:
+			mat = StandardMaterial3D.new()
+			mat.shading_mode = BaseMaterial3D.SHADING_MODE_UNSHADED
+			node.material_override = mat
+		if mat is ShaderMaterial:
+			mat.set_shader_parameter(material_property, texture)
+		else:
+			mat.set(material_property, texture)
+	elif "texture" in node:
+		node.texture = texture
+	else:
+		push_warning("sfbridge: do not know how to show a texture on %s" % node.get_class())
+
+
+func assign_target() -> void:
+	_assign_target()
+
+
+func _poll_control() -> void:
+	if _inflight.is_empty():
+		if _queue.is_empty():
+			if _control:
+				_control.poll()  # keep the connection serviced (PING) while idle
+				if _control.state == Zmtp.State.CLOSED:
+					_control = null
+			return
+		_inflight = _queue.pop_front()
+		_start_attempt()
+	var now := Time.get_ticks_msec()
+	if _control == null:
+		if now >= _inflight.retry_at:
+			_control = Zmtp.new()
+			_control.open(_control_host, _control_port, "DEALER", request_timeout_ms)
+		else:
+			return
+	var messages: Array = _control.poll()
+	if _control.is_open() and not _inflight.sent:
+		_control.send_message([_inflight.body])
+		_inflight.sent = true
+	for m in messages:
+		var dec := MsgPack.decode(m[m.size() - 1])  # DEALER: [body]; tolerate a REQ delimiter
+		if not dec.ok or typeof(dec.value) != TYPE_DICTIONARY:
+			continue
+		var rep: Dictionary = dec.value
+		if rep.get("id") != null and int(rep.get("id")) != _inflight.id:
+			continue  # a late reply to an earlier request
+		_finish(rep)
+		return
+	if _control.state == Zmtp.State.CLOSED or now > _inflight.deadline:
+		var why: String = _control.error if _control.state == Zmtp.State.CLOSED else "no reply within %d ms" % request_timeout_ms
+		_control.close("timeout")
+		_control = null  # Lazy Pirate: a fresh socket for the next attempt
+		_log("%s attempt %d/%d: %s" % [_inflight.op, _inflight.attempt, request_attempts, why])
+		if _inflight.attempt >= request_attempts:
+			var r := _inflight
+			_inflight = {}
+			request_failed.emit(r.id, r.op, "timeout",
+				"sfbridge daemon did not answer '%s' at %s after %d attempts (is `sfbridge serve` running?)"
+				% [r.op, control_endpoint, request_attempts])
+		else:
+			_start_attempt()
+			# A refused connection fails at once: give a restarting daemon a moment.
+			_inflight.retry_at = now + 250
+
+
+func _start_attempt() -> void:
+	_inflight.attempt += 1
+	_inflight.sent = false
+	_inflight.deadline = Time.get_ticks_msec() + request_timeout_ms
+	_inflight.retry_at = 0
+
+
+func _finish(rep: Dictionary) -> void:
+	var r := _inflight
+	_inflight = {}
+	if rep.get("ok", false):
+		var result: Dictionary = rep.get("result", {}) if typeof(rep.get("result")) == TYPE_DICTIONARY else {}
+		reply_received.emit(r.id, r.op, result)
+		if r.op == "status":
+			status_received.emit(result)
+	else:
+		var e: Dictionary = rep.get("error", {}) if typeof(rep.get("error")) == TYPE_DICTIONARY else {}
+		request_failed.emit(r.id, r.op, str(e.get("code", "bad_reply")), str(e.get("message", "")))

@@ -1,0 +1,228 @@
+## Headless Godot 4 test of the sfbridge addon against a real daemon (driven by
+## tests/test_godot_client.py). Run inside a project that has the addon at res://addons/sfbridge:
+##   godot --headless --path PROJECT --script res://test_client.gd -- \
+##         --control tcp://127.0.0.1:P1 --frames tcp://127.0.0.1:P2 --width 160 --height 96 \
+##         --msgpack-hex HEX [--restart]
+## Prints "OK <check> ..." lines, "READY_FOR_RESTART" (the pytest then kills and restarts the
+## daemon on the same ports), and finally "ALL_OK" (exit 0) or "FAIL <reason>" (exit 1).
+extends SceneTree
+
+const MsgPack := preload("res://addons/sfbridge/msgpack.gd")
+const StreamScript := preload("res://addons/sfbridge/sfbridge_stream.gd")
+const TIMEOUT_S := 100.0
+
+var args := {}
+var jpeg: Node
+var rgb: Node
+var rect: TextureRect
+var phase := "frames"
+var phase_started := 0.0
+var elapsed := 0.0
+var done := false
+var jpeg_headers: Array = []
+var rgb_frames := 0
+var events: Array = []
+var replies := {}
+var failures := {}
+var prompt_req := -1
+var prompt_state := -1
+var old_stream := ""
+var status_map := {}
+var width := 0
+var height := 0
+
+
+func _initialize() -> void:
+	var a := OS.get_cmdline_user_args()
+	var i := 0
+	while i < a.size():
+		if a[i].begins_with("--") and i + 1 < a.size() and not a[i + 1].begins_with("--"):
+			args[a[i].substr(2)] = a[i + 1]
+			i += 2
+		else:
+			args[a[i].substr(2)] = true
+			i += 1
+	width = int(args.get("width", "0"))
+	height = int(args.get("height", "0"))
+	msgpack_checks()
+	rect = TextureRect.new()
+	rect.name = "View"
+	root.add_child(rect)
+	jpeg = make_stream("jpeg")
+	rgb = make_stream("rgb24")
+	jpeg.frame_received.connect(_on_jpeg)
+	jpeg.event_received.connect(func(ev): events.append(ev))
+	rgb.frame_received.connect(_on_rgb)
+	jpeg.reply_received.connect(func(id, op, result): replies[id] = result)
+	jpeg.request_failed.connect(func(id, op, code, message): failures[id] = code)
+	jpeg.status_received.connect(func(st): status_map = st)
+	say("OK started")
+
+
+func make_stream(fmt: String) -> Node:
+	var s = StreamScript.new()
+	s.name = "Stream_" + fmt
+	s.format = fmt
+	s.control_endpoint = args.get("control", "tcp://127.0.0.1:5555")
+	s.frames_endpoint = args.get("frames", "tcp://127.0.0.1:5556")
+	s.verbose = true
+	if fmt == "jpeg":
+		s.target = NodePath("../View")
+	root.add_child(s)
+	return s
+
+
+func say(line: String) -> void:
+	print(line)
+
+
+func fail(why: String) -> void:
+	if done:
+		return
+	done = true
+	say("FAIL " + why)
+	quit(1)
+
+
+func check(cond: bool, why: String) -> bool:
+	if not cond:
+		fail(why)
+	return cond
+
+
+func _on_jpeg(tex: ImageTexture, h: Dictionary) -> void:
+	jpeg_headers.append(h)
+	if not check(tex == jpeg.texture, "signal texture is not the node's texture"):
+		return
+	check(tex.get_width() == int(h.w) and tex.get_height() == int(h.h),
+		"texture %dx%d vs header %sx%s" % [tex.get_width(), tex.get_height(), h.w, h.h])
+	check(jpeg.image.get_width() == width and jpeg.image.get_height() == height,
+		"decoded JPEG image %dx%d, expected %dx%d" % [jpeg.image.get_width(), jpeg.image.get_height(), width, height])
+	check(h.get("format") == "jpeg" and int(h.get("v", 0)) == 1, "bad jpeg header %s" % h)
+
+
+func _on_rgb(tex: ImageTexture, h: Dictionary) -> void:
+	rgb_frames += 1
+	check(rgb.image.get_format() == Image.FORMAT_RGB8, "rgb24 image format %d" % rgb.image.get_format())
+	check(rgb.image.get_width() == width and rgb.image.get_height() == height, "rgb24 image size")
+	check(rgb.image.get_data().size() == width * height * 3, "rgb24 data size")
+	check(h.get("format") == "rgb24", "bad rgb24 header")
+
+
+func msgpack_checks() -> void:
+	# Our encoder -> printed hex (pytest decodes it with Python's msgpack).
+	var mine := {"op": "prompt", "id": 7, "neg": -100000, "big": 1 << 40, "f64": 3.5, "nil": null,
+		"yes": true, "bin": PackedByteArray([0, 255]), "arr": [1, "two", 3.0], "s300": "y".repeat(300),
+		"i8": -100, "u16": 60000}
+	say("MSGPACK_ENCODED " + MsgPack.encode(mine).hex_encode())
+	# Python's encoding -> our decoder -> printed JSON (pytest compares).
+	if args.has("msgpack-hex"):
+		var dec := MsgPack.decode(String(args["msgpack-hex"]).hex_decode())
+		if not check(dec.ok, "msgpack decode: %s" % dec.get("error", "")):
+			return
+		var v: Dictionary = dec.value
+		v["b"] = Array(v["b"])  # bin -> list of ints for JSON
+		say("MSGPACK_DECODED " + JSON.stringify(v, "", true, true))
+	# Round trips and error handling.
+	for x in [0, 127, 128, 255, 256, 65535, 65536, 4294967295, 4294967296, -1, -32, -33, -128, -129,
+			-32768, -32769, -2147483648, -2147483649, 1.5, "", "é", true, false, null, [], {}]:
+		var back := MsgPack.decode(MsgPack.encode(x))
+		if not check(back.ok and typeof(back.value) == typeof(x) and back.value == x, "round trip of %s" % [x]):
+			return
+	check(not MsgPack.decode("da0010ab".hex_decode()).ok, "truncated data must fail")
+	check(MsgPack.decode("ca3fc00000".hex_decode()).value == 1.5, "float32")
+	check(MsgPack.decode("cf0000000000000005".hex_decode()).value == 5, "uint64")
+	check(MsgPack.decode("d3fffffffffffffffe".hex_decode()).value == -2, "int64")
+	if not done:
+		say("OK msgpack")
+
+
+func goto(p: String) -> void:
+	phase = p
+	phase_started = elapsed
+
+
+func _process(delta: float) -> bool:
+	elapsed += delta
+	if done:
+		return true
+	if elapsed > TIMEOUT_S:
+		fail("timeout in phase %s (jpeg frames %d, rgb frames %d, state %d)"
+			% [phase, jpeg_headers.size(), rgb_frames, jpeg.connection_state])
+		return true
+	var in_phase := elapsed - phase_started
+	match phase:
+		"frames":
+			if jpeg_headers.size() >= 5 and rgb_frames >= 3:
+				var seqs := jpeg_headers.map(func(h): return int(h.seq))
+				for k in range(1, seqs.size()):
+					if not check(seqs[k] > seqs[k - 1], "seq not increasing: %s" % [seqs]):
+						return true
+				check(rect.texture == jpeg.texture, "TextureRect target did not get the texture")
+				say("OK frames jpeg=%d rgb24=%d size=%dx%d seq=%d dropped=%d" % [jpeg_headers.size(), rgb_frames,
+					jpeg.texture.get_width(), jpeg.texture.get_height(), seqs[-1], jpeg.frames_dropped])
+				jpeg.status()
+				goto("status")
+			elif in_phase > 15:
+				fail("frames: jpeg %d rgb %d after 15 s" % [jpeg_headers.size(), rgb_frames])
+		"status":
+			if not status_map.is_empty():
+				check(int(status_map.width) == width and int(status_map.height) == height, "status size")
+				say("OK status model=%s state_id=%s" % [status_map.model, status_map.state_id])
+				jpeg.request("bogus")
+				prompt_req = jpeg.set_prompt("a neon city at night", "blend", 2)
+				goto("prompt")
+			elif in_phase > 10:
+				fail("no status reply")
+		"prompt":
+			if prompt_state < 0 and replies.has(prompt_req):
+				prompt_state = int(replies[prompt_req].state_id)
+				say("OK prompt_reply state_id=%d applies_at_block=%s" % [prompt_state, replies[prompt_req].applies_at_block])
+				jpeg_headers.clear()
+			if prompt_state >= 0:
+				for h in jpeg_headers:
+					if int(h.state) == prompt_state:
+						check(int(h.block) >= int(replies[prompt_req].applies_at_block), "state seen before its block")
+						say("OK prompt_state seen block=%s after_s=%.2f" % [h.block, in_phase])
+						goto("errors")
+						break
+			if in_phase > 20:
+				fail("prompt state %d never seen in frame headers" % prompt_state)
+		"errors":
+			if failures.values().has("unknown_op"):
+				say("OK error unknown_op")
+				var applied := events.filter(func(e): return e.get("type") == "applied")
+				var stats := events.filter(func(e): return e.get("type") == "stats")
+				say("OK events applied=%d stats=%d" % [applied.size(), stats.size()])
+				if args.has("restart"):
+					old_stream = str(jpeg.last_header.stream)
+					say("READY_FOR_RESTART stream=" + old_stream)
+					goto("restart")
+				else:
+					goto("finish")
+			elif in_phase > 10:
+				fail("no unknown_op failure signal: %s" % failures)
+		"restart":
+			if jpeg.last_header.get("stream", "") != old_stream and jpeg.frames_shown > 0 \
+					and jpeg.connects >= 2 and rgb.connects >= 2:
+				say("OK reconnected stream=%s connects=%d after_s=%.2f" % [jpeg.last_header.stream, jpeg.connects, in_phase])
+				prompt_req = jpeg.set_prompt("after restart")
+				prompt_state = -1
+				goto("after_restart")
+			elif in_phase > 40:
+				fail("no frames from the restarted daemon (state %d, connects %d)" % [jpeg.connection_state, jpeg.connects])
+		"after_restart":
+			if replies.has(prompt_req):
+				say("OK control_after_restart state_id=%s" % replies[prompt_req].state_id)
+				goto("finish")
+			elif in_phase > 15:
+				fail("no prompt reply after the restart: %s" % failures)
+		"finish":
+			jpeg.stop()
+			rgb.stop()
+			check(jpeg.connection_state == 0, "state after stop")
+			if not done:
+				done = true
+				say("ALL_OK")
+				quit(0)
+	return done
