@@ -202,6 +202,8 @@ def test_godot_client_headless(tmp_path):
         "--msgpack-hex",
         packed.hex(),
         "--restart",
+        "--save-png",
+        str(tmp_path / "godot-frame.png"),
     ]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
@@ -254,7 +256,45 @@ def test_godot_client_headless(tmp_path):
         "i8": -100,
         "u16": 60000,
     }
+    # The image the addon decoded (Image.load_jpg_from_buffer), saved by Godot as PNG.
+    png = (tmp_path / "godot-frame.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(png[16:20], "big") == W and int.from_bytes(png[20:24], "big") == H
     decoded = json.loads(next(line for line in out if line.startswith("MSGPACK_DECODED ")).split(" ", 1)[1])
     want = dict(sample, b=[0, 1, 255])
     assert decoded == want
     print(f"\ngodot run {wall:.1f}s\n{text}")
+
+
+def test_godot_example_scene(tmp_path):
+    """examples/godot runs headless: its main scene shows frames from a real daemon."""
+    _ensure_godot()
+    proj = tmp_path / "example"
+    shutil.copytree(REPO / "examples" / "godot", proj, symlinks=False)  # resolves the addon link
+    assert (proj / "addons" / "sfbridge" / "sfbridge_stream.gd").is_file()
+    (proj / "project.godot").write_text(
+        (proj / "project.godot").read_text() + "\n[application]\nrun/flush_stdout_on_print=true\n"
+    )
+    daemon = Daemon(f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}", tmp_path / "daemon.log")
+    daemon.start()
+    env = {**os.environ, "SFBRIDGE_GODOT_ROOT": str(GODOT_ROOT), "HOME": str(tmp_path)}
+    cmd = [
+        str(TOOLS / "godot.sh"),
+        "--headless",
+        "--path",
+        str(proj),
+        "--",
+        "--control",
+        daemon.control,
+        "--frames",
+        daemon.frames,
+        "--smoke-test",
+        "10",
+    ]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        daemon.stop()
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and f"EXAMPLE_OK frames=10 size={W}x{H}" in out, out[-4000:]
+    assert "SCRIPT ERROR" not in out and "Parse Error" not in out, out[-4000:]

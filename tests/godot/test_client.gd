@@ -159,6 +159,8 @@ func _process(delta: float) -> bool:
 					if not check(seqs[k] > seqs[k - 1], "seq not increasing: %s" % [seqs]):
 						return true
 				check(rect.texture == jpeg.texture, "TextureRect target did not get the texture")
+				if args.has("save-png"):
+					check(jpeg.image.save_png(args["save-png"]) == OK, "save_png failed")
 				say("OK frames jpeg=%d rgb24=%d size=%dx%d seq=%d dropped=%d" % [jpeg_headers.size(), rgb_frames,
 					jpeg.texture.get_width(), jpeg.texture.get_height(), seqs[-1], jpeg.frames_dropped])
 				jpeg.status()
