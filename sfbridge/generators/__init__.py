@@ -15,6 +15,7 @@ from sfbridge.generators.base import Block, Generator, GeneratorError, Steering
 REGISTRY: dict[str, str] = {
     "testsrc": "sfbridge.generators.testsrc:create",
     "tiny": "sfbridge.generators.tiny:create",
+    "self-forcing": "sfbridge.generators.self_forcing:create",
 }
 
 

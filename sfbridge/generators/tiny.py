@@ -5,27 +5,31 @@ update, output) on CPU in tens of milliseconds, so the daemon, the clients and t
 exercise the real model code (causal DiT, rolling KV cache, scheduler, steering) without a GPU
 or a download. Its pictures are noise-like: the weights are random.
 
-Two stand-ins until the next issues land, both documented as such:
-- text: a deterministic embedding of the prompt's UTF-8 bytes (seeded per-byte and
-  per-position tables, zero rows after the last byte like UMT5 padding). It is only meaningful
-  for this random model; the real model uses the UMT5 encoder.
-- pixels: a fixed linear latent->RGB preview projection (16x3 matrix modelled on the widely
-  used Wan2.1 latent preview factors), nearest-upsampled 8x; every latent frame is repeated 4
-  times (the first latent frame of a scene once), which gives the causal VAE's 9/12 frames.
+Pixels go through the real streaming Wan VAE decoder code with a seeded random, deliberately
+small config (``TINY_VAE``: base width 2, one residual block per stage, ~150 ms per block at
+160x96 on 2 loaded CPU cores), so the CPU stream exercises DiT -> streaming VAE -> uint8 like
+``self-forcing``. ``decoder="preview"`` keeps the old, ~10x cheaper stand-in: a fixed linear
+latent->RGB projection (16x3 matrix modelled on the Wan2.1 latent preview factors),
+nearest-upsampled 8x, every latent frame repeated 4 times (the first of a scene once).
+
+Text is a stand-in: a deterministic embedding of the prompt's UTF-8 bytes (seeded per-byte and
+per-position tables, zero rows after the last byte like UMT5 padding), only meaningful for this
+random model; ``self-forcing`` uses the UMT5 encoder.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from sfbridge.generators.base import NATIVE_FPS, Block, Generator, GeneratorError, Steering
+from sfbridge.generators.base import GeneratorError
+from sfbridge.generators.self_forcing import FrameDecoder, StreamingGenerator, VAEFrames
 from sfbridge.model.config import ModelConfig, StreamConfig
 from sfbridge.model.pipeline import StreamPipeline
+from sfbridge.model.vae import VAEConfig, WanVAEDecoder
 from sfbridge.model.weights import random_model
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 TINY_CONFIG = ModelConfig(dim=64, num_heads=2, num_layers=2, ffn_dim=128, text_dim=32, text_len=32)
 TEXT_SEED = 0x5F0B  # fixed: the same prompt always gives the same embedding
 WEIGHT_SEED = 20250611
+VAE_SEED = 20250612
+TINY_VAE = VAEConfig(dim=2, num_res_blocks=1)  # same layers as Wan2.1's VAE, 1/48 of the width
 
 # latent channel -> (R, G, B) in [-1, 1]; approximate Wan2.1 preview factors, preview only
 PREVIEW_RGB = torch.tensor([
@@ -63,91 +69,66 @@ def latents_to_rgb(latents: torch.Tensor) -> torch.Tensor:
     return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-class TinyGenerator(Generator):
+def random_vae(cfg: VAEConfig = TINY_VAE, seed: int = VAE_SEED) -> WanVAEDecoder:
+    """Seeded random Wan VAE decoder (torch default init; the RNG state outside is untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = WanVAEDecoder(cfg)
+    return vae.eval().requires_grad_(False)
+
+
+class PreviewFrames(FrameDecoder):
+    """Cheap stand-in decoder: fixed latent->RGB projection, 8x nearest upsampling, 4x frame repeat."""
+
+    name = "preview"
+
+    def __init__(self) -> None:
+        self.first = True
+
+    def push(self, latents: torch.Tensor) -> np.ndarray:
+        rgb = latents_to_rgb(latents[0]).numpy()  # [F, h, w, 3]
+        repeats = np.full(len(rgb), 4)
+        if self.first:
+            repeats[0] = 1  # causal VAE: the first latent frame of a scene is one pixel frame
+            self.first = False
+        frames = np.repeat(rgb, repeats, axis=0)
+        return np.ascontiguousarray(frames.repeat(8, axis=1).repeat(8, axis=2))  # [N, H, W, 3]
+
+    def reset(self) -> None:
+        self.first = True
+
+
+class TinyGenerator(StreamingGenerator):
     """Endless rolling-window stream of the tiny random model; see module docstring."""
 
     name = "tiny"
 
     def __init__(self, width: int = 160, height: int = 96, seed: int = 0, window: int = 9, sink: int = 0,
-                 steps: tuple[float, ...] | list[float] | None = None, threads: int | None = None) -> None:
+                 steps: tuple[float, ...] | list[float] | None = None, threads: int | None = None,
+                 decoder: str = "vae") -> None:
         if width % 16 or height % 16 or width <= 0 or height <= 0:
             raise GeneratorError(f"tiny: width/height must be positive multiples of 16, got {width}x{height}")
-        self.width, self.height, self.fps = int(width), int(height), NATIVE_FPS
+        if decoder not in ("vae", "preview"):
+            raise GeneratorError(f"tiny: decoder must be 'vae' or 'preview', got {decoder!r}")
         try:
-            self.cfg = StreamConfig(latent_h=height // 8, latent_w=width // 8, local_attn_size=int(window),
-                                    sink_size=int(sink))
+            cfg = StreamConfig(latent_h=height // 8, latent_w=width // 8, local_attn_size=int(window),
+                               sink_size=int(sink))
         except AssertionError as e:
             raise GeneratorError(f"tiny: bad window/sink: {e}") from e
         if threads:
             torch.set_num_threads(int(threads))
+        self.cfg = cfg
         self.model = random_model(TINY_CONFIG, seed=WEIGHT_SEED)
-        self.pipe = StreamPipeline(self.model, self.cfg, seed=int(seed))
-        self.default_steps = tuple(steps) if steps else self.cfg.denoising_step_list
-        self._set_steps(self.default_steps)
-        self._steps: tuple[float, ...] = self.default_steps
-        self._text_key: tuple | None = None
-        self._seed = int(seed)
-        self._frame = 0
+        frames: FrameDecoder = VAEFrames(random_vae()) if decoder == "vae" else PreviewFrames()
+        super().__init__(StreamPipeline(self.model, cfg, seed=int(seed)), frames, width, height, seed, steps)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "latent": [self.cfg.latent_h, self.cfg.latent_w],
                 "window_frames": self.cfg.local_attn_size, "sink_frames": self.cfg.sink_size,
-                "steps": list(self._steps), "weights": "random (seeded)"}
-
-    def supports_steps(self) -> bool:
-        return True
-
-    def _set_steps(self, steps: tuple[float, ...]) -> None:
-        try:
-            self.pipe.set_steps(steps)
-        except ValueError as e:
-            raise GeneratorError(f"tiny: {e}") from e
-        self._steps = tuple(steps)
+                "steps": list(self._steps), "weights": "random (seeded)", "decoder": self.decoder.name}
 
     def _embeds(self, prompt: str) -> torch.Tensor:
         return text_embedding(prompt, TINY_CONFIG.text_len, TINY_CONFIG.text_dim)
-
-    def _apply(self, steering: Steering) -> float:
-        """Bring prompt, seed and steps in line with ``steering`` for the next block."""
-        steps = tuple(steering.denoising_steps) if steering.denoising_steps else self.default_steps
-        if steps != self._steps:
-            self._set_steps(steps)
-        if steering.seed != self._seed:  # takes effect from this block's noise on
-            self._seed = int(steering.seed)
-            self.pipe.reseed(self._seed)
-        alpha = steering.blend_alpha(self.pipe.block_index)
-        key = (steering.prompt, steering.prev_prompt if alpha < 1.0 else None, alpha)
-        if key != self._text_key:  # new conditioning: only the cross-attention cache is reset
-            e = self._embeds(steering.prompt)
-            if alpha < 1.0 and steering.prev_prompt is not None:
-                e = alpha * e + (1.0 - alpha) * self._embeds(steering.prev_prompt)
-            self.pipe.set_prompt_embeds(e)
-            self._text_key = key
-        return alpha
-
-    def reset(self, steering: Steering) -> None:
-        self._seed = int(steering.seed)
-        self.pipe.reset(self._seed)
-        self._text_key = None
-        self._frame = 0
-
-    def next_block(self, steering: Steering) -> Block:
-        t0 = time.perf_counter()
-        alpha = self._apply(steering)
-        index = self.pipe.block_index
-        latents = self.pipe.next_block()[0]  # [F, 16, h, w]
-        t1 = time.perf_counter()
-        rgb = latents_to_rgb(latents).numpy()  # [F, h, w, 3]
-        repeats = np.full(len(rgb), 4)
-        if index == 0:
-            repeats[0] = 1  # causal VAE: the first latent frame of a scene is one pixel frame
-        frames = np.repeat(rgb, repeats, axis=0)
-        frames = np.ascontiguousarray(frames.repeat(8, axis=1).repeat(8, axis=2))  # [N, H, W, 3]
-        block = Block(frames=frames, index=index, first_frame=self._frame, state_id=steering.state_id,
-                      info={"model_ms": 1e3 * (t1 - t0), "total_ms": 1e3 * (time.perf_counter() - t0),
-                            "blend_alpha": alpha, "steps": list(self._steps)})
-        self._frame += len(frames)
-        return block
 
 
 def create(**options: Any) -> TinyGenerator:

@@ -1,0 +1,351 @@
+"""``self-forcing``: the real Self Forcing (DMD, chunk-wise) model on Wan2.1-T2V-1.3B, streamed endlessly.
+
+Per block (3 latent frames): 4 denoising passes + 1 context pass of the causal DiT
+(:class:`~sfbridge.model.pipeline.StreamPipeline`), then a streaming decode (Wan VAE or TAEHV)
+-> 9 uint8 frames for the first block of a scene, 12 for every later one. The KV cache rolls:
+``window`` latent frames of attention with ``sink`` first frames kept (defaults 21 / 3; the
+official code never rolls past 21 frames, so everything after block 7 is extrapolation, see
+docs/SELF_FORCING.md).
+
+:class:`StreamingGenerator` holds the steering logic shared with ``tiny`` (same pipeline, other
+weights and text encoder): prompt / blend changes only reset the cross-attention cache at the
+next block, a seed change reseeds the noise, ``denoising_steps`` sets the step list.
+
+The registry imports this module only when ``self-forcing`` (or ``auto``) is asked for; model
+code and transformers load inside the constructor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sfbridge.generators.base import NATIVE_FPS, Block, Generator, GeneratorError, Steering
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DEFAULT_WINDOW = 21  # latent frames: the official 21-frame context (32760 tokens at 480x832)
+DEFAULT_SINK = 3  # the first block stays as an attention sink once the window rolls
+BIG_GPU_BYTES = 40e9  # at or above: the 11 GB text encoder stays on the GPU
+WARMUP_PROMPT = "warm up"
+HELP = "see docs/MODELS.md and `sfbridge doctor`, or use --model testsrc / --model tiny"
+# Wan's config.json keys (original format) that map 1:1 onto ModelConfig; text_dim is an sfbridge extension
+CONFIG_KEYS = ("dim", "num_heads", "num_layers", "ffn_dim", "in_dim", "out_dim", "text_len", "freq_dim", "eps",
+               "text_dim", "qk_norm", "cross_attn_norm")
+
+
+# ------------------------------------------------------------------------------------------------
+# Decoders: latents [1, F, 16, h, w] -> uint8 frames [N, H, W, 3] numpy, with a per-scene state
+
+
+class FrameDecoder:
+    """Streaming latent -> uint8 RGB decoder; ``reset`` starts a new scene (first block 9 frames)."""
+
+    name = "base"
+
+    def push(self, latents: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+
+class VAEFrames(FrameDecoder):
+    """Exact streaming Wan2.1 VAE decode (the official decoder)."""
+
+    name = "vae"
+
+    def __init__(self, vae: Any, latent_frames_per_call: int | None = 1) -> None:
+        from sfbridge.model.vae import StreamingVAEDecoder
+
+        self.stream = StreamingVAEDecoder(vae, latent_frames_per_call)
+
+    def push(self, latents: torch.Tensor) -> np.ndarray:
+        from sfbridge.model.vae import to_uint8_rgb
+
+        return to_uint8_rgb(self.stream.push(latents)).cpu().numpy()
+
+    def reset(self) -> None:
+        self.stream.reset()
+
+
+class TAEHVFrames(FrameDecoder):
+    """TAEHV (tiny autoencoder): approximate but several times faster than the VAE."""
+
+    name = "taehv"
+
+    def __init__(self, taehv: Any) -> None:
+        from sfbridge.model.taehv import StreamingTAEHV
+
+        self.stream = StreamingTAEHV(taehv)
+
+    def push(self, latents: torch.Tensor) -> np.ndarray:
+        from sfbridge.model.taehv import frames_to_uint8
+
+        return frames_to_uint8(self.stream.push(latents)).cpu().numpy()
+
+    def reset(self) -> None:
+        self.stream.reset()
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+class StreamingGenerator(Generator):
+    """Endless block stream of a :class:`StreamPipeline` + :class:`FrameDecoder`; subclasses give text embeddings."""
+
+    def __init__(self, pipe: Any, decoder: FrameDecoder, width: int, height: int, seed: int = 0,
+                 steps: tuple[float, ...] | list[float] | None = None) -> None:
+        self.pipe, self.decoder = pipe, decoder
+        self.width, self.height, self.fps = int(width), int(height), NATIVE_FPS
+        self.default_steps = tuple(float(s) for s in steps) if steps else tuple(pipe.cfg.denoising_step_list)
+        self._steps: tuple[float, ...] = ()
+        self._set_steps(self.default_steps)
+        self._text_key: tuple | None = None
+        self._seed = int(seed)
+        self._frame = 0
+        self._cuda = pipe.device.type == "cuda"
+
+    # subclasses -----------------------------------------------------------------------------
+    def _embeds(self, prompt: str) -> torch.Tensor:
+        """[1, <= text_len, text_dim] embedding of ``prompt`` (should be cached by the subclass)."""
+        raise NotImplementedError
+
+    # Generator --------------------------------------------------------------------------------
+    def supports_steps(self) -> bool:
+        return True
+
+    def _set_steps(self, steps: tuple[float, ...]) -> None:
+        try:
+            self.pipe.set_steps(steps)
+        except ValueError as e:
+            raise GeneratorError(f"{self.name}: {e}") from e
+        self._steps = tuple(steps)
+
+    def _apply(self, steering: Steering) -> float:
+        """Bring prompt, seed and steps in line with ``steering`` for the next block; returns blend alpha."""
+        steps = tuple(steering.denoising_steps) if steering.denoising_steps else self.default_steps
+        if steps != self._steps:
+            self._set_steps(steps)
+        if steering.seed != self._seed:  # takes effect from this block's noise on
+            self._seed = int(steering.seed)
+            self.pipe.reseed(self._seed)
+        alpha = steering.blend_alpha(self.pipe.block_index)
+        key = (steering.prompt, steering.prev_prompt if alpha < 1.0 else None, alpha)
+        if key != self._text_key:  # new conditioning: only the cross-attention cache is reset
+            e = self._embeds(steering.prompt)
+            if alpha < 1.0 and steering.prev_prompt is not None:
+                e = alpha * e + (1.0 - alpha) * self._embeds(steering.prev_prompt).to(e.device, e.dtype)
+            self.pipe.set_prompt_embeds(e)
+            self._text_key = key
+        return alpha
+
+    def reset(self, steering: Steering) -> None:
+        self._seed = int(steering.seed)
+        self.pipe.reset(self._seed)
+        self.decoder.reset()
+        self._text_key = None
+        self._frame = 0
+
+    def _sync(self) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
+
+    def next_block(self, steering: Steering) -> Block:
+        t0 = time.perf_counter()
+        alpha = self._apply(steering)
+        index = self.pipe.block_index
+        latents = self.pipe.next_block()  # [1, F, 16, h, w]
+        self._sync()
+        t1 = time.perf_counter()
+        frames = np.ascontiguousarray(self.decoder.push(latents))
+        t2 = time.perf_counter()
+        block = Block(frames=frames, index=index, first_frame=self._frame, state_id=steering.state_id,
+                      info={"dit_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1), "total_ms": 1e3 * (t2 - t0),
+                            "blend_alpha": alpha, "steps": list(self._steps)})
+        self._frame += len(frames)
+        return block
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def model_config_from_json(path: Path) -> Any:
+    """ModelConfig from Wan's ``config.json`` (original format: dim, num_heads, ...); missing keys = 1.3B."""
+    from sfbridge.model.config import ModelConfig
+
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise GeneratorError(f"self-forcing: {path}: unreadable config.json ({e})") from e
+    if raw.get("model_type", "t2v") != "t2v":
+        raise GeneratorError(f"self-forcing: {path}: model_type {raw.get('model_type')!r}, only t2v is supported")
+    kw = {k: raw[k] for k in CONFIG_KEYS if k in raw}
+    if "patch_size" in raw:
+        kw["patch_size"] = tuple(raw["patch_size"])
+    try:
+        return ModelConfig(**kw)
+    except (AssertionError, TypeError) as e:
+        raise GeneratorError(f"self-forcing: {path}: bad model config ({e})") from e
+
+
+def _find_config(files: Any) -> Path | None:
+    from sfbridge.model.files import WAN_DIR
+
+    for p in (files.vae.parent / "config.json", files.model_dir / WAN_DIR / "config.json"):
+        if p.is_file():
+            return p
+    return None
+
+
+def _preflight(files: Any, decoder: str, device: str | None) -> list[str]:
+    """Everything that rules the real model out, each named exactly (missing files, no CUDA)."""
+    from sfbridge.model.files import hf_cache_dir
+
+    problems = []
+    need = [n for n in ("generator", "text_encoder", "vae", "tokenizer") if n in files.missing]
+    if decoder == "taehv" and "taehv" in files.missing:
+        need.append("taehv")
+    if need:
+        where = ", ".join(f"{n} ({files.paths[n]})" for n in need)
+        problems.append(f"missing model files: {where}; also looked in the Hugging Face cache {hf_cache_dir()}")
+    if device is None and not torch.cuda.is_available():
+        problems.append("no CUDA GPU (self-forcing needs a CUDA GPU, torch "
+                        f"{torch.__version__} sees none; pass --device to force another device)")
+    return problems
+
+
+class SelfForcingGenerator(StreamingGenerator):
+    """The real model; see module docstring. Options mirror ``sfbridge serve`` flags."""
+
+    name = "self-forcing"
+
+    def __init__(self, width: int = 832, height: int = 480, model_dir: str | None = None, dtype: str | None = None,
+                 decoder: str = "vae", window: int = DEFAULT_WINDOW, sink: int = DEFAULT_SINK,
+                 device: str | None = None, seed: int = 0, steps: list[float] | None = None,
+                 text_encoder_device: str = "auto", vae_frames_per_call: int | None = 1, warmup: bool = True,
+                 hf_cache: str | None = None) -> None:
+        from sfbridge.model.config import ModelConfig, StreamConfig
+        from sfbridge.model.files import resolve_model_files
+
+        if width % 16 or height % 16 or width <= 0 or height <= 0:
+            raise GeneratorError(f"self-forcing: width/height must be positive multiples of 16, got {width}x{height}"
+                                 " (the model was trained on 832x480)")
+        if decoder not in ("vae", "taehv"):
+            raise GeneratorError(f"self-forcing: decoder must be 'vae' or 'taehv', got {decoder!r}")
+        files = resolve_model_files(model_dir, hf_cache)
+        problems = _preflight(files, decoder, device)
+        if problems:
+            raise GeneratorError("self-forcing unavailable: " + "; ".join(problems) + f" ({HELP})")
+        dev = torch.device(device or "cuda")
+        dtype = dtype or ("bf16" if dev.type == "cuda" else "fp32")
+        if dtype not in DTYPES:
+            raise GeneratorError(f"self-forcing: dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self.dtype_name, tdtype = dtype, DTYPES[dtype]
+        cfg_path = _find_config(files)
+        mcfg = model_config_from_json(cfg_path) if cfg_path else ModelConfig()
+        try:
+            scfg = StreamConfig(latent_h=height // 8, latent_w=width // 8, local_attn_size=int(window),
+                                sink_size=int(sink))
+            scfg.tokens_per_frame(mcfg.patch_size)
+        except AssertionError as e:
+            raise GeneratorError(f"self-forcing: bad window/sink/resolution: {e}") from e
+        if scfg.local_attn_size == -1:
+            raise GeneratorError("self-forcing: an endless stream needs a rolling window (window > 0)")
+        self.device, self.files, self.mcfg = dev, files, mcfg
+        t0 = time.perf_counter()
+        try:
+            model = self._load_dit(files.generator, mcfg, tdtype, dev)
+            self.text = self._load_text(files, mcfg, tdtype, dev, text_encoder_device)
+            frames = self._load_decoder(files, decoder, tdtype, dev, vae_frames_per_call)
+        except GeneratorError:
+            raise
+        except Exception as e:  # WeightsError, ModelFileError, OOM: one clear message for --model auto
+            raise GeneratorError(f"self-forcing: loading failed: {type(e).__name__}: {e}") from e
+        from sfbridge.model.pipeline import StreamPipeline
+
+        super().__init__(StreamPipeline(model, scfg, seed=int(seed)), frames, width, height, seed, steps)
+        log.info("self-forcing loaded in %.1f s (%s, %s, decoder %s, window %d, sink %d)", time.perf_counter() - t0,
+                 dev, dtype, decoder, scfg.local_attn_size, scfg.sink_size)
+        if warmup:
+            self._warmup()
+
+    # loading ----------------------------------------------------------------------------------
+    @staticmethod
+    def _load_dit(path: Path, mcfg: Any, dtype: torch.dtype, dev: torch.device) -> Any:
+        from sfbridge.model.weights import load_model
+
+        log.info("loading the DiT from %s", path)
+        return load_model(path, mcfg, dtype=dtype, device=dev)
+
+    @staticmethod
+    def _load_text(files: Any, mcfg: Any, dtype: torch.dtype, dev: torch.device, where: str) -> Any:
+        """UMT5 placement: on a >= 40 GB GPU it stays there; else CPU ("auto"), or GPU + offload ("offload")."""
+        from sfbridge.model.t5 import TextEncoder
+
+        offload = where == "offload"
+        if where == "auto":
+            big = dev.type == "cuda" and torch.cuda.get_device_properties(dev).total_memory >= BIG_GPU_BYTES
+            enc_dev = dev if big else torch.device("cpu")
+        else:
+            enc_dev = dev if offload else torch.device(where)
+        enc_dtype = torch.float32 if dtype == torch.float32 else torch.bfloat16
+        log.info("loading the text encoder from %s on %s%s", files.text_encoder, enc_dev,
+                 " (offloaded after each prompt)" if offload else "")
+        enc = TextEncoder.from_wan_files(files.text_encoder, files.tokenizer, text_len=mcfg.text_len, device=enc_dev,
+                                         dtype=enc_dtype, out_device=dev, cache_size=32,
+                                         offload_after_encode=offload)
+        if offload:
+            enc.offload()
+        if enc.dim != mcfg.text_dim:
+            raise GeneratorError(f"self-forcing: text encoder dim {enc.dim} != DiT text_dim {mcfg.text_dim}")
+        return enc
+
+    @staticmethod
+    def _load_decoder(files: Any, decoder: str, dtype: torch.dtype, dev: torch.device,
+                      frames_per_call: int | None) -> FrameDecoder:
+        if decoder == "taehv":
+            from sfbridge.model.taehv import TAEHVDecoder
+
+            log.info("loading TAEHV from %s", files.taehv)
+            return TAEHVFrames(TAEHVDecoder.from_file(files.taehv, device=dev, dtype=dtype))
+        from sfbridge.model.vae import WanVAEDecoder
+
+        log.info("loading the VAE from %s", files.vae)
+        return VAEFrames(WanVAEDecoder.from_file(files.vae, device=dev, dtype=dtype), frames_per_call)
+
+    def _warmup(self) -> None:
+        """One block (allocates caches, picks kernels), then a clean reset: the first real block is fast."""
+        t0 = time.perf_counter()
+        s = Steering(prompt=WARMUP_PROMPT, seed=self._seed)
+        self.next_block(s)
+        self.reset(s)
+        log.info("warm-up block took %.0f ms", 1e3 * (time.perf_counter() - t0))
+
+    # Generator --------------------------------------------------------------------------------
+    def _embeds(self, prompt: str) -> torch.Tensor:
+        return self.text.encode([prompt])  # the encoder's own LRU cache makes repeats free
+
+    def describe(self) -> dict[str, Any]:
+        c = self.pipe.cfg
+        gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
+        return {**super().describe(), "dtype": self.dtype_name, "decoder": self.decoder.name,
+                "window_frames": c.local_attn_size, "sink_frames": c.sink_size, "device": str(self.device),
+                "gpu": gpu, "latent": [c.latent_h, c.latent_w], "steps": list(self._steps),
+                "text_encoder_device": str(self.text.device), "model_dir": str(self.files.model_dir)}
+
+    def close(self) -> None:
+        del self.pipe, self.text, self.decoder
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def create(**options: Any) -> SelfForcingGenerator:
+    return SelfForcingGenerator(**options)
