@@ -22,7 +22,7 @@ import zmq
 from sfbridge import __version__
 from sfbridge.control import ControlServer
 from sfbridge.encoders import make_encoders
-from sfbridge.engine import Engine
+from sfbridge.engine import Engine, EngineStats
 from sfbridge.generators import Generator, GeneratorError, Steering, create_generator
 from sfbridge.protocol import (
     DEFAULT_CONTROL,
@@ -91,11 +91,13 @@ class Daemon:
         self.box = SteeringBox(Steering(prompt=config.prompt, seed=config.seed, state_id=1))
         self.outbox: queue.Queue = queue.Queue()
         self.events: queue.Queue = queue.Queue()
-        self.engine = Engine(generator, self.box, self.outbox, self.events, max_ahead=config.max_ahead)
         self.ctx = zmq.Context()
+        self.engine_stats = EngineStats()
         self.publisher = Publisher(self.ctx, config.frames, self.box, self.outbox, self.events,
-                                   self.engine.stats, make_encoders(config.jpeg_quality), fps=generator.fps,
-                                   pace=config.pace, sndhwm=config.sndhwm, notify_engine=self.engine.notify)
+                                   self.engine_stats, make_encoders(config.jpeg_quality), fps=generator.fps,
+                                   pace=config.pace, sndhwm=config.sndhwm, notify_engine=lambda: self.engine.notify())
+        self.engine = Engine(generator, self.box, self.outbox, self.events, max_ahead=config.max_ahead,
+                             stats=self.engine_stats, on_output=self.publisher.wake)
         self.control = ControlServer(self.ctx, config.control, self.handle)
         self.stopped = threading.Event()
 

@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,13 +53,15 @@ class EngineStats:
 
 class Engine:
     def __init__(self, generator: Generator, box: SteeringBox, outbox: queue.Queue, events: queue.Queue,
-                 max_ahead: int = 1) -> None:
+                 max_ahead: int = 1, stats: EngineStats | None = None,
+                 on_output: Callable[[], None] = lambda: None) -> None:
         self.generator = generator
         self.box = box
         self.outbox = outbox
         self.events = events
         self.max_ahead = max_ahead
-        self.stats = EngineStats()
+        self.on_output = on_output  # wakes the publisher at once (it also polls, so this is only latency)
+        self.stats = stats or EngineStats()
         self._seq = 0
         self._was_paused = False
         self.thread = threading.Thread(target=self.run, name="sfbridge-engine", daemon=True)
@@ -131,6 +134,7 @@ class Engine:
         self.outbox.put(BlockOut(frames=out.frames, block=snap.block, first_frame=out.first_frame,
                                  first_seq=self._seq, state=s.state_id, stream=snap.stream,
                                  t_gen=time.time(), gen_s=gen_s))
+        self.on_output()
         self._seq += n
         st = self.stats
         st.block_ms = gen_s * 1000

@@ -10,6 +10,7 @@ daemon queue seconds of video for it (environment notes: default HWMs let a slow
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -66,6 +67,11 @@ class Publisher:
         self.sock.bind(endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.last_stats = self.stats_dict()
+        # A self-pipe the engine writes one byte to per block: the poll below wakes at once instead
+        # of on its next timeout (worth ~5 ms per block with --pace off).
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self.thread = threading.Thread(target=self._run_safe, name="sfbridge-publisher", daemon=True)
 
     def start(self) -> None:
@@ -73,6 +79,14 @@ class Publisher:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """Thread-safe: make the publisher loop look at its queues now."""
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # pipe full (it wakes anyway) or closed at shutdown
 
     # --- subscriptions ---------------------------------------------------------------------------
 
@@ -148,10 +162,13 @@ class Publisher:
             except zmq.ZMQError:
                 pass
             self.sock.close(linger=0)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def _run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         blk: BlockOut | None = None
         pos = 0
         next_due = time.monotonic()
@@ -163,7 +180,13 @@ class Publisher:
             else:
                 timeout_ms = 5.0
             timeout_ms = min(timeout_ms, 50.0, max(0.0, (next_stats - now) * 1000))
-            if poller.poll(timeout_ms):
+            ready = dict(poller.poll(timeout_ms))
+            if self._wake_r in ready:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            if self.sock in ready:
                 while True:
                     try:
                         self._on_subscription(self.sock.recv(zmq.NOBLOCK))
