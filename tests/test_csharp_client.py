@@ -307,3 +307,64 @@ def test_unity_package_layout():
         guids.add(guid)
     for asmdef in UNITY.rglob("*.asmdef"):
         json.loads(asmdef.read_text())
+
+
+def heartbeat_publisher(endpoint_holder: list, stop: threading.Event, ready: threading.Event) -> None:
+    """A libzmq XPUB that PINGs every 100 ms and drops peers silent for 400 ms."""
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.HEARTBEAT_IVL, 100)
+    pub.setsockopt(zmq.HEARTBEAT_TIMEOUT, 400)
+    pub.setsockopt(zmq.HEARTBEAT_TTL, 1000)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    endpoint_holder.append(f"tcp://127.0.0.1:{port}")
+    ready.set()
+    import numpy as np
+    import simplejpeg
+
+    jpeg = simplejpeg.encode_jpeg(np.zeros((8, 8, 3), np.uint8), 90, colorsubsampling="420")
+    seq = 0
+    try:
+        while not stop.is_set():
+            while pub.poll(0):
+                pub.recv()
+            hdr = {
+                "v": 1,
+                "stream": "hb",
+                "seq": seq,
+                "w": 8,
+                "h": 8,
+                "format": "jpeg",
+                "state": 1,
+                "t_pub": time.time(),
+            }
+            # Publish rarely (every 1.5 s): between frames only heartbeats keep the link alive.
+            pub.send_multipart([b"jpeg", msgpack.packb(hdr), jpeg])
+            seq += 1
+            stop.wait(1.5)
+    finally:
+        pub.close()
+
+
+@needs_mono
+def test_csharp_answers_zmtp_ping(tmp_path):
+    """The C# ZMTP code answers libzmq's PING with PONG, so heartbeating peers keep the connection."""
+    exe = tmp_path / "ConsoleTest.exe"
+    _compile(exe, sorted((UNITY / "Runtime" / "Core").glob("*.cs")) + [UNITY / "Tests~" / "ConsoleTest.cs"])
+    holder: list[str] = []
+    stop, ready = threading.Event(), threading.Event()
+    t = threading.Thread(target=heartbeat_publisher, args=(holder, stop, ready), daemon=True)
+    t.start()
+    assert ready.wait(5)
+    try:
+        r = subprocess.run(
+            [MONO, str(exe), "--frames", holder[0], "--heartbeat-seconds", "4"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        stop.set()
+        t.join(5)
+    assert r.returncode == 0 and "OK heartbeat" in r.stdout, r.stdout + r.stderr

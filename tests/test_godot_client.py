@@ -298,3 +298,37 @@ def test_godot_example_scene(tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 0 and f"EXAMPLE_OK frames=10 size={W}x{H}" in out, out[-4000:]
     assert "SCRIPT ERROR" not in out and "Parse Error" not in out, out[-4000:]
+
+
+def test_godot_answers_zmtp_ping(tmp_path):
+    """The GDScript ZMTP code answers libzmq's PING with PONG (heartbeating peers keep the link)."""
+    _ensure_godot()
+    from test_csharp_client import heartbeat_publisher
+
+    holder: list[str] = []
+    stop, ready = threading.Event(), threading.Event()
+    t = threading.Thread(target=heartbeat_publisher, args=(holder, stop, ready), daemon=True)
+    t.start()
+    assert ready.wait(5)
+    proj = _make_project(tmp_path)
+    env = {**os.environ, "SFBRIDGE_GODOT_ROOT": str(GODOT_ROOT), "HOME": str(tmp_path)}
+    cmd = [
+        str(TOOLS / "godot.sh"),
+        "--headless",
+        "--path",
+        str(proj),
+        "--script",
+        "res://test_client.gd",
+        "--",
+        "--frames",
+        holder[0],
+        "--heartbeat-seconds",
+        "4",
+    ]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    finally:
+        stop.set()
+        t.join(5)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "OK heartbeat" in out and "ALL_OK" in out, out[-4000:]

@@ -26,6 +26,7 @@ static class ConsoleTest
     static int width = 0, height = 0;
     static string saveJpeg = null, msgpackHex = null;
     static bool restart = false;
+    static double heartbeatSeconds = 0;
 
     class Fail : Exception { public Fail(string m) : base(m) { } }
 
@@ -53,10 +54,17 @@ static class ConsoleTest
             else if (a == "--save-jpeg") saveJpeg = next();
             else if (a == "--msgpack-hex") msgpackHex = next();
             else if (a == "--restart") restart = true;
+            else if (a == "--heartbeat-seconds") heartbeatSeconds = double.Parse(next(), CultureInfo.InvariantCulture);
             else { Console.WriteLine("FAIL unknown argument " + a); return 2; }
         }
         try
         {
+            if (heartbeatSeconds > 0)
+            {
+                HeartbeatOnly();
+                Console.WriteLine("ALL_OK");
+                return 0;
+            }
             MsgPackSelfTest();
             if (msgpackHex != null) MsgPackCrossCheck();
             Live();
@@ -155,6 +163,28 @@ static class ConsoleTest
         mine["arr"] = new List<object> { 1, "two", 3.0 };
         Console.WriteLine("MSGPACK_ENCODED " + Hex(MsgPackWriter.Pack(mine)));
         Ok("msgpack_crosscheck");
+    }
+
+    // ---------------------------------------------------------------- heartbeats
+
+    // Against a libzmq XPUB with ZMQ_HEARTBEAT_IVL/TIMEOUT set (pytest): the peer sends PINGs and
+    // drops connections that stay silent; our PONGs must keep one connection alive throughout.
+    static void HeartbeatOnly()
+    {
+        var sub = new SfbridgeSubscriber(framesEp, SfbridgeFormat.Jpeg, false);
+        sub.Log += m => Console.Error.WriteLine("[client] " + m);
+        sub.Start();
+        var sw = Stopwatch.StartNew();
+        long frames = 0;
+        while (sw.Elapsed.TotalSeconds < heartbeatSeconds)
+        {
+            if (sub.WaitFrame(100) != null) frames++;
+        }
+        long connects = sub.Connects;
+        sub.Dispose();
+        Check(frames > 0, "no frames from the heartbeat publisher");
+        Check(connects == 1, "connection was dropped and reopened (" + connects + " connects): PONG not accepted?");
+        Ok("heartbeat", "frames=" + frames + " connects=" + connects);
     }
 
     // ---------------------------------------------------------------- live daemon
