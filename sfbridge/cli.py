@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the daemon", description="Run the sfbridge daemon.")
-    p.add_argument("--model", default=env("model", "testsrc"),
-                   help="generator: testsrc, tiny, self-forcing, or auto [%(default)s]")
+    p.add_argument("--model", default=env("model", "auto"),
+                   help="generator: testsrc, tiny, self-forcing, or auto (self-forcing when its files and a "
+                        "CUDA GPU are there, else testsrc with a warning) [%(default)s]")
     p.add_argument("--control", default=env("control", DEFAULT_CONTROL), help="control endpoint [%(default)s]")
     p.add_argument("--frames", default=env("frames", DEFAULT_FRAMES), help="frames endpoint [%(default)s]")
     p.add_argument("--width", type=int, default=None, help="frame width (testsrc default 832)")
