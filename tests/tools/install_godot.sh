@@ -31,8 +31,20 @@ if ! command -v debootstrap >/dev/null 2>&1; then
     fi
 fi
 
-# A half-finished earlier attempt is useless to debootstrap: start over.
-rm -rf "$ROOT"
+# A half-finished earlier attempt is useless to debootstrap: start over -- but only ever delete
+# an empty folder or one that looks like a debootstrap root (never a mistyped path).
+case "$ROOT" in
+    ""|/|"$HOME"|"$HOME/") echo "refusing to use '$ROOT' as the Godot root" >&2; exit 1 ;;
+esac
+if [ -e "$ROOT" ]; then
+    if [ -z "$(ls -A "$ROOT" 2>/dev/null)" ] || [ -d "$ROOT/debootstrap" ] || [ -f "$ROOT/.sfbridge-complete" ] \
+        || { [ -d "$ROOT/usr/bin" ] && [ -d "$ROOT/var/lib/dpkg" ]; }; then
+        rm -rf "$ROOT"
+    else
+        echo "$ROOT exists and is not a Godot root made by this script; remove it or pick another path" >&2
+        exit 1
+    fi
+fi
 mkdir -p "$(dirname "$ROOT")"
 MIRROR="${SFBRIDGE_DEBIAN_MIRROR:-}"
 if [ -z "$MIRROR" ]; then

@@ -98,7 +98,10 @@ namespace Sfbridge
         readonly ConcurrentQueue<Dictionary<string, object>> _eventQueue = new ConcurrentQueue<Dictionary<string, object>>();
         readonly object _connLock = new object();
         Thread _thread;
-        volatile bool _stop;
+        // One flag object per started thread, so a thread that outlived Stop()'s join timeout
+        // can never be revived by a later Start().
+        sealed class RunFlag { public volatile bool Stop; }
+        RunFlag _flag = new RunFlag { Stop = true };
         ZmtpConnection _conn;
         SfbridgeFrame _latest;
         string _lastStream;
@@ -160,8 +163,9 @@ namespace Sfbridge
         public void Start()
         {
             if (_thread != null) return;
-            _stop = false;
-            _thread = new Thread(Run);
+            var flag = new RunFlag();
+            _flag = flag;
+            _thread = new Thread(() => Run(flag));
             _thread.IsBackground = true; // never keeps a process (or the Unity editor) alive
             _thread.Name = "sfbridge-stream";
             _thread.Start();
@@ -218,10 +222,10 @@ namespace Sfbridge
             }
         }
 
-        void Run()
+        void Run(RunFlag flag)
         {
             int delay = ReconnectMinMs;
-            while (!_stop)
+            while (!flag.Stop)
             {
                 SetState(SfbridgeConnectionState.Connecting);
                 ZmtpConnection c = null;
@@ -230,7 +234,7 @@ namespace Sfbridge
                     c = ZmtpConnection.Connect(_endpoint, "SUB", ConnectTimeoutMs);
                     lock (_connLock)
                     {
-                        if (_stop) { c.Dispose(); break; }
+                        if (flag.Stop) { c.Dispose(); break; }
                         _conn = c;
                     }
                     c.Subscribe(Topic(_format));
@@ -238,35 +242,35 @@ namespace Sfbridge
                     Interlocked.Increment(ref _connects);
                     SetState(SfbridgeConnectionState.Connected);
                     delay = ReconnectMinMs;
-                    ReceiveLoop(c);
+                    ReceiveLoop(c, flag);
                 }
                 catch (Exception e)
                 {
-                    if (!_stop) Say("stream " + _endpointText + ": " + e.GetType().Name + ": " + e.Message);
+                    if (!flag.Stop) Say("stream " + _endpointText + ": " + e.GetType().Name + ": " + e.Message);
                 }
                 finally
                 {
-                    lock (_connLock) { _conn = null; }
+                    lock (_connLock) { if (_conn == c) _conn = null; }
                     if (c != null) c.Dispose();
                 }
-                if (_stop) break;
+                if (flag.Stop) break;
                 SetState(SfbridgeConnectionState.Disconnected);
-                SleepUnlessStopped(delay);
+                SleepUnlessStopped(flag, delay);
                 delay = Math.Min(ReconnectMaxMs, delay * 2);
             }
             SetState(SfbridgeConnectionState.Disconnected);
         }
 
-        void SleepUnlessStopped(int ms)
+        void SleepUnlessStopped(RunFlag flag, int ms)
         {
             int start = Environment.TickCount;
-            while (!_stop && unchecked(Environment.TickCount - start) < ms) Thread.Sleep(Math.Min(20, ms));
+            while (!flag.Stop && unchecked(Environment.TickCount - start) < ms) Thread.Sleep(Math.Min(20, ms));
         }
 
-        void ReceiveLoop(ZmtpConnection c)
+        void ReceiveLoop(ZmtpConnection c, RunFlag flag)
         {
             bool pinged = false;
-            while (!_stop)
+            while (!flag.Stop)
             {
                 if (!c.WaitReadable(100))
                 {
@@ -360,7 +364,7 @@ namespace Sfbridge
         /// <summary>Stops the thread (joined up to joinTimeoutMs) and closes the socket.</summary>
         public void Stop(int joinTimeoutMs = 1000)
         {
-            _stop = true;
+            _flag.Stop = true;
             lock (_connLock)
             {
                 if (_conn != null) _conn.Dispose(); // unblocks a pending read
