@@ -574,9 +574,17 @@ def add_view_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _register() -> None:
+    """Register into sfbridge.cli, and into ``__main__`` too when run as ``python -m sfbridge.cli``.
+
+    Under ``-m`` the running CLI module is ``__main__``, a different module object from the
+    ``sfbridge.cli`` this import finds, so registering only in the latter would lose ``view``.
+    """
     from sfbridge.cli import _EXTRA_COMMANDS
 
     _EXTRA_COMMANDS["view"] = add_view_parser
+    extra = getattr(sys.modules.get("__main__"), "_EXTRA_COMMANDS", None)
+    if isinstance(extra, dict):
+        extra["view"] = add_view_parser
 
 
 _register()

@@ -187,12 +187,16 @@ def test_x_screen_shows_stream(serve, collector, xvfb, tmp_path):
         time.sleep(0.5)
         client.pause()
         time.sleep(0.8)  # the last frame reaches the viewer and is drawn (it redraws at 120 Hz max)
-        shot = tmp_path / "xroot.png"
-        subprocess.run(["import", "-display", xvfb, "-window", "root", str(shot)], check=True, timeout=20)
-        screen = load_rgb(shot)
-        window = screen[:H, :W]
-        diffs = [(seq, mean_abs_diff(window, img)) for seq, img in collector.newest(3)]
-        best = min(d for _, d in diffs)
+        for attempt in range(3):  # a loaded CI machine may draw the last frame late
+            shot = tmp_path / f"xroot{attempt}.png"
+            subprocess.run(["import", "-display", xvfb, "-window", "root", str(shot)], check=True, timeout=20)
+            screen = load_rgb(shot)
+            window = screen[:H, :W]
+            diffs = [(seq, mean_abs_diff(window, img)) for seq, img in collector.newest(3)]
+            best = min(d for _, d in diffs)
+            if best <= 8.0:
+                break
+            time.sleep(1.0)
         assert best <= 8.0, f"X screen top-left {W}x{H} differs from the newest frames: {diffs}"
         assert screen[H + 10:, W + 10:].max() == 0, "something drawn outside the window"
     finally:
@@ -224,3 +228,23 @@ def test_daemon_missing_exit_3(tmp_path):
     assert res.returncode == 3, res
     assert "error: no reply from sfbridge daemon" in res.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_import_does_not_load_pygame():
+    """The CLI imports sfbridge.viewer on every command; pygame must stay out until `view` runs."""
+    code = ("import sys; from sfbridge.cli import _load_extra_commands, build_parser; _load_extra_commands(); "
+            "build_parser().parse_args(['view', '--size', '320x200']); print('pygame' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
+
+
+def test_fit_rect_and_size():
+    from sfbridge.viewer import fit_rect, parse_size
+
+    assert fit_rect((256, 160), (256, 160)) == (0, 0, 256, 160)
+    assert fit_rect((256, 160), (512, 400)) == (0, 40, 512, 320)  # letterbox top/bottom
+    assert fit_rect((256, 160), (1000, 320)) == (244, 0, 512, 320)  # pillarbox left/right
+    assert parse_size("832x480") == (832, 480)
+    with pytest.raises(Exception, match="WxH"):
+        parse_size("832")
