@@ -95,7 +95,8 @@ class Daemon:
         self.engine_stats = EngineStats()
         self.publisher = Publisher(self.ctx, config.frames, self.box, self.outbox, self.events,
                                    self.engine_stats, make_encoders(config.jpeg_quality), fps=generator.fps,
-                                   pace=config.pace, sndhwm=config.sndhwm, notify_engine=lambda: self.engine.notify())
+                                   pace=config.pace, sndhwm=config.sndhwm, notify_engine=lambda: self.engine.notify(),
+                                   state_info=self.state_info)
         self.engine = Engine(generator, self.box, self.outbox, self.events, max_ahead=config.max_ahead,
                              stats=self.engine_stats, on_output=self.publisher.wake)
         self.control = ControlServer(self.ctx, config.control, self.handle)
@@ -152,6 +153,13 @@ class Daemon:
             state_id, stream = self.box.reset(req.prompt, req.seed)
             return {"state_id": state_id, "stream": stream}
         raise ProtocolError("unknown_op", f"unhandled request {type(req).__name__}")  # pragma: no cover
+
+    def state_info(self) -> dict:
+        """Where the stream stands: sent as a `state` event to every new event subscriber."""
+        s = self.box.peek()
+        return {"stream": self.box.stream, "model": self.generator.name, "width": self.generator.width,
+                "height": self.generator.height, "fps": self.generator.fps, "prompt": s.prompt, "seed": s.seed,
+                "state_id": s.state_id, "block": self.box.next_block, "paused": self.box.paused}
 
     def status(self) -> dict:
         s = self.box.peek()

@@ -44,14 +44,15 @@ class PublisherStats:
 class Publisher:
     def __init__(self, ctx: zmq.Context, endpoint: str, box: SteeringBox, outbox: queue.Queue,
                  events: queue.Queue, engine_stats: EngineStats, encoders: dict, fps: float,
-                 pace: str = "native", sndhwm: int = 4, notify_engine: Callable[[], None] = lambda: None
-                 ) -> None:
+                 pace: str = "native", sndhwm: int = 4, notify_engine: Callable[[], None] = lambda: None,
+                 state_info: Callable[[], dict] = dict) -> None:
         self.box, self.outbox, self.events = box, outbox, events
         self.engine_stats = engine_stats
         self.encoders = encoders
         self.fps = fps
         self.pace = pace
         self.notify_engine = notify_engine
+        self.state_info = state_info  # -> keys of the `state` event (docs/PROTOCOL.md 3.2)
         self.stats = PublisherStats()
         self.last_stats: dict = {}  # refreshed by the publisher thread; read by `status`
         self.stop_event = threading.Event()
@@ -101,6 +102,8 @@ class Publisher:
         if msg[0] == 1:
             self._subs[topic] += 1
             self._resend_last(topic)
+            if EVENT_TOPIC.encode().startswith(topic):  # late joiner: tell it where the stream stands
+                self._send_event(make_event("state", **self.state_info()))
         elif msg[0] == 0:
             self._subs[topic] = max(0, self._subs[topic] - 1)
         self.stats.subscribers = {t.decode("utf-8", "replace"): c for t, c in self._subs.items() if c > 0}

@@ -323,3 +323,13 @@ def test_ipc_endpoints(make_daemon, tmp_path):
         c.close()
     finally:
         d.stop()
+
+
+def test_event_subscriber_gets_state_at_once(daemon, client):
+    client.set_prompt("state for late joiners")
+    s = sub_socket(zmq.Context.instance(), daemon.config.frames, "event")
+    msg = recv_until(s, lambda m: msgpack.unpackb(m[1])["type"] == "state", timeout=3)
+    ev = msgpack.unpackb(msg[1])
+    assert ev["prompt"] == "state for late joiners" and ev["model"] == "testsrc" and ev["stream"]
+    assert len(msg) == 3 and msg[2] == b""
+    s.close(0)
