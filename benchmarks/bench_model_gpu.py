@@ -1,10 +1,14 @@
 """GPU benchmark of the full 1.3B causal DiT with random weights (no download).
 
 Reports ms per block (denoising steps + context pass), FPS (12 frames / block time), peak
-memory, for global vs rolling cache, fp16/bf16 and SDPA vs flash-attn:
+memory, for global vs rolling cache, fp16/bf16 and SDPA vs flash-attn; then the streaming decode
+per block (Wan VAE and TAEHV, random weights, 3 latent frames -> 12 uint8 frames on the host) and
+the end-to-end block time (DiT on the rolling cache + decode), which is what `sfbridge serve
+--model self-forcing` pays per block:
 
     python benchmarks/bench_model_gpu.py                    # 480x832, all combinations
     python benchmarks/bench_model_gpu.py --dtype bf16 --cache rolling --attn sdpa
+    python benchmarks/bench_model_gpu.py --decoders taehv --no-e2e
     python benchmarks/bench_model_gpu.py --tiny --device cpu --blocks 3   # dry run on CPU
 
 Exits with status 2 and a message when CUDA is requested but not available.
@@ -21,7 +25,11 @@ import torch
 from sfbridge.model.attention import flash_available, select_backend
 from sfbridge.model.config import ModelConfig, StreamConfig
 from sfbridge.model.pipeline import StreamPipeline
+from sfbridge.model.taehv import TAEHVConfig, TAEHVDecoder
+from sfbridge.model.vae import VAEConfig, WanVAEDecoder
 from sfbridge.model.weights import random_model
+
+from sfbridge.generators.self_forcing import FrameDecoder, TAEHVFrames, VAEFrames
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -40,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, nargs="+", default=[1000, 750, 500, 250])
     ap.add_argument("--blocks", type=int, default=7, help="blocks timed per configuration")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--decoders", nargs="*", choices=["vae", "taehv"], default=["vae", "taehv"],
+                    help="decoders to time per block (none: skip)")
+    ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end DiT + decode timing")
     a = ap.parse_args(argv)
     if a.height % 16 or a.width % 16:
         ap.error("height and width must be multiples of 16")
@@ -75,6 +86,65 @@ def bench_one(model: torch.nn.Module, a: argparse.Namespace, cache: str, device:
     return out
 
 
+def make_decoder(name: str, tiny: bool, device: torch.device, dtype: torch.dtype) -> FrameDecoder:
+    """Seeded random decoder (timing only); tiny = small widths for the CPU dry run."""
+    torch.manual_seed(0)
+    if name == "vae":
+        vae = WanVAEDecoder(VAEConfig(dim=2, num_res_blocks=1) if tiny else VAEConfig())
+        return VAEFrames(vae.to(device=device, dtype=dtype).eval().requires_grad_(False))
+    taehv = TAEHVDecoder(TAEHVConfig(n_f=(8, 8, 8, 8)) if tiny else TAEHVConfig())
+    return TAEHVFrames(taehv.to(device=device, dtype=dtype).eval().requires_grad_(False))
+
+
+def _timed(fn, n: int, warmup: int, device: torch.device) -> float:  # noqa: ANN001
+    """Mean ms of ``fn()`` over n calls after ``warmup`` calls (synchronised on CUDA)."""
+    times = []
+    for i in range(warmup + n):
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return 1e3 * sum(times) / len(times)
+
+
+def bench_decode(name: str, a: argparse.Namespace, dtype: torch.dtype, device: torch.device) -> float:
+    """ms per later block (3 latent frames -> 12 frames); the first (9-frame) push is warm-up."""
+    dec = make_decoder(name, a.tiny, device, dtype)
+    latents = torch.randn(1, 3, 16, a.height // 8, a.width // 8, device=device, dtype=dtype)
+    return _timed(lambda: dec.push(latents), a.blocks, max(1, a.warmup), device)
+
+
+def bench_e2e(model: torch.nn.Module, name: str, a: argparse.Namespace, device: torch.device,
+              dtype: torch.dtype) -> float:
+    """ms per block of DiT (rolling cache, as served) + streaming decode to host uint8 frames."""
+    cfg = StreamConfig(latent_h=a.height // 8, latent_w=a.width // 8, local_attn_size=a.window, sink_size=a.sink,
+                       denoising_step_list=tuple(a.steps))
+    pipe = StreamPipeline(model, cfg)
+    pipe.set_prompt_embeds(torch.randn(1, model.cfg.text_len, model.cfg.text_dim, device=device))
+    dec = make_decoder(name, a.tiny, device, dtype)
+    return _timed(lambda: dec.push(pipe.next_block()), a.blocks, max(1, a.warmup), device)
+
+
+def bench_decoders(model: torch.nn.Module, dt: str, a: argparse.Namespace, device: torch.device) -> None:
+    dtype = DTYPES[dt]
+    for name in a.decoders:
+        ms = bench_decode(name, a, dtype, device)
+        line = f"{dt:5} decode {name:5} {ms:9.1f} ms/block {12 / (ms / 1e3):7.2f} FPS"
+        if not a.no_e2e:
+            for backend in ("flash", "sdpa"):  # what the daemon's attn_backend "auto" would pick
+                try:
+                    model.attn_backend = select_backend(backend, device, dtype)
+                    break
+                except RuntimeError:
+                    continue
+            e2e = bench_e2e(model, name, a, device, dtype)
+            line += f" | end-to-end (DiT rolling {a.window}/{a.sink} + decode) {e2e:9.1f} ms/block " \
+                    f"{12 / (e2e / 1e3):7.2f} FPS"
+        print(line, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     device = torch.device(a.device)
@@ -101,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             r = bench_one(model, a, cache, device)
             print(f"{dt:5} {cache:8} {attn:5} {r['ms']:9.1f} {r['fps']:7.2f} {r['peak_gib']:9.2f} "
                   f"{r['cache_gib']:9.3f}", flush=True)
+        bench_decoders(model, dt, a, device)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -134,3 +134,20 @@ def test_wan_config_json(tmp_path: Path) -> None:
     p.write_text(json.dumps({"model_type": "i2v"}))
     with pytest.raises(GeneratorError, match="t2v"):
         model_config_from_json(p)
+
+
+def test_gpu_bench_decoders_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/bench_model_gpu.py decode + end-to-end rows, CPU dry mode (tiny widths)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_model_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_model_gpu", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_model_gpu"] = mod
+    spec.loader.exec_module(mod)
+    assert mod.parse_args([]).decoders == ["vae", "taehv"]
+    assert mod.main(["--tiny", "--device", "cpu", "--blocks", "1", "--warmup", "0", "--dtype", "fp32",
+                     "--cache", "rolling", "--attn", "sdpa", "--window", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "fp32  decode vae" in out and "fp32  decode taehv" in out and out.count("end-to-end") == 2
