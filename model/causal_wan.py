@@ -53,7 +53,9 @@ class LayerNorm(nn.LayerNorm):
         return nn.functional.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
 
 
-class SelfAttention(nn.Module):
+class AttentionProjections(nn.Module):
+    """q/k/v/o projections and the qk RMSNorms shared by self- and cross-attention (same keys)."""
+
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.layer, self.num_heads, self.head_dim = layer, cfg.num_heads, cfg.head_dim
@@ -64,6 +66,8 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
 
+
+class SelfAttention(AttentionProjections):
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, cache: KVCache, backend: str) -> torch.Tensor:
         B, L, _ = x.shape
         n, d = self.num_heads, self.head_dim
@@ -76,17 +80,7 @@ class SelfAttention(nn.Module):
         return self.o(attention(q, k_win, v_win, backend).flatten(2))
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
-        super().__init__()
-        self.layer, self.num_heads, self.head_dim = layer, cfg.num_heads, cfg.head_dim
-        self.q = nn.Linear(cfg.dim, cfg.dim)
-        self.k = nn.Linear(cfg.dim, cfg.dim)
-        self.v = nn.Linear(cfg.dim, cfg.dim)
-        self.o = nn.Linear(cfg.dim, cfg.dim)
-        self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
-
+class CrossAttention(AttentionProjections):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None, cache: CrossAttnCache,
                 backend: str) -> torch.Tensor:
         B, L, _ = x.shape

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,38 +82,63 @@ def recv_until(sock: zmq.Socket, pred, timeout: float = 5.0):
 
 
 class ServeProcess:
-    """``sfbridge serve`` as a real subprocess on free ports."""
+    """``sfbridge serve`` as a real subprocess on fixed endpoints (free ports by default).
 
-    def __init__(self, *args: str, control: str | None = None, frames: str | None = None) -> None:
+    Restartable on the same endpoints (``kill()`` then ``start()``), which the client tests use
+    to prove reconnection. Output goes to a log file, never a pipe that could fill up and block.
+    """
+
+    def __init__(self, *args: str, control: str | None = None, frames: str | None = None,
+                 log: Path | None = None, start: bool = True) -> None:
         c, f = endpoints()
         self.control, self.frames = control or c, frames or f
-        cmd = [sys.executable, "-m", "sfbridge.cli", "--log-level", "info", "serve",
-               "--control", self.control, "--frames", self.frames, *args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        client = Client(control=self.control, frames=self.frames, timeout=0.5, retries=1)
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.proc.returncode}: {self.proc.stdout.read().decode()}")
-            try:
-                client.ping()
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise
-        client.close()
+        self.args = args
+        if log is None:
+            fd, name = tempfile.mkstemp(prefix="sfbridge-serve-", suffix=".log")
+            os.close(fd)
+            log = Path(name)
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+        if start:
+            self.start()
 
-    def stop(self, sig: int = 15, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
+    def start(self, timeout: float = 60.0) -> None:
+        cmd = [sys.executable, "-m", "sfbridge.cli", "--log-level", "info", "serve",
+               "--control", self.control, "--frames", self.frames, *self.args]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        client = Client(control=self.control, frames=self.frames, timeout=0.5, retries=1)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"serve exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+                try:
+                    client.ping()
+                    return
+                except Exception:
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        raise AssertionError(f"daemon not ready after {timeout} s:\n{self.output()[-3000:]}") from None
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL: the daemon dies without any goodbye, like a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        return self.proc.returncode
+        return self.proc.returncode if self.proc else None
 
     def output(self) -> str:
-        return self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -18,10 +18,8 @@ Needs `mcs` and `mono` (Debian: apt-get install -y --no-install-recommends mono-
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
+from conftest import ServeProcess
 
 REPO = Path(__file__).resolve().parents[1]
 UNITY = REPO / "clients" / "unity"
@@ -56,67 +55,10 @@ def _compile(out: Path, sources: list[Path], target: str = "exe", extra: tuple[s
     assert r.returncode == 0, f"mcs failed:\n{r.stdout}\n{r.stderr}"
 
 
-class Daemon:
-    """`sfbridge serve --model testsrc` as a subprocess on fixed endpoints (restartable)."""
-
-    def __init__(self, control: str, frames: str, log: Path):
-        self.control, self.frames, self.log = control, frames, log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "sfbridge.cli",
-            "serve",
-            "--model",
-            "testsrc",
-            "--control",
-            self.control,
-            "--frames",
-            self.frames,
-            "--width",
-            str(W),
-            "--height",
-            str(H),
-        ]
-        with open(self.log, "ab") as f:
-            self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        ctx = zmq.Context.instance()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, (
-                f"daemon exited early:\n{self.log.read_text(errors='replace')[-3000:]}"
-            )
-            s = ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 0)
-            try:
-                s.connect(self.control)
-                s.send(msgpack.packb({"op": "ping", "id": 1}))
-                if s.poll(500):
-                    rep = msgpack.unpackb(s.recv())
-                    if rep.get("ok"):
-                        return
-            finally:
-                s.close()
-        raise AssertionError(f"daemon not ready after {timeout}s:\n{self.log.read_text(errors='replace')[-3000:]}")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+def Daemon(control: str, frames: str, log: Path) -> ServeProcess:  # noqa: N802 - reads like the class it was
+    """`sfbridge serve --model testsrc` at W x H on fixed endpoints, restartable (start/kill/stop)."""
+    return ServeProcess("--model", "testsrc", "--width", str(W), "--height", str(H),
+                        control=control, frames=frames, log=log, start=False)
 
 
 @pytest.fixture

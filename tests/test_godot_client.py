@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-import zmq
+from conftest import ServeProcess
 
 REPO = Path(__file__).resolve().parents[1]
 ADDON = REPO / "clients" / "godot" / "addons" / "sfbridge"
@@ -88,58 +87,10 @@ def _ensure_godot() -> None:
         )
 
 
-class Daemon:
-    def __init__(self, control: str, frames: str, log: Path):
-        self.control, self.frames, self.log = control, frames, log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "sfbridge.cli",
-            "serve",
-            "--model",
-            "testsrc",
-            "--control",
-            self.control,
-            "--frames",
-            self.frames,
-            "--width",
-            str(W),
-            "--height",
-            str(H),
-        ]
-        with open(self.log, "ab") as f:
-            self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
-        ctx = zmq.Context.instance()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"daemon exited:\n{self.log.read_text(errors='replace')[-3000:]}"
-            s = ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 0)
-            try:
-                s.connect(self.control)
-                s.send(msgpack.packb({"op": "ping", "id": 1}))
-                if s.poll(500) and msgpack.unpackb(s.recv()).get("ok"):
-                    return
-            finally:
-                s.close()
-        raise AssertionError("daemon not ready")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+def Daemon(control: str, frames: str, log: Path) -> ServeProcess:  # noqa: N802 - reads like the class it was
+    """`sfbridge serve --model testsrc` at W x H on fixed endpoints, restartable (start/kill/stop)."""
+    return ServeProcess("--model", "testsrc", "--width", str(W), "--height", str(H),
+                        control=control, frames=frames, log=log, start=False)
 
 
 def _make_project(tmp: Path) -> Path:
