@@ -43,9 +43,9 @@ def generator_alone(w: int, h: int, seconds: float) -> float:
 
 def serve(w: int, h: int, pace: str, quality: int) -> tuple[subprocess.Popen, Client]:
     c, f = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    proc = subprocess.Popen([sys.executable, "-m", "sfbridge.cli", "--log-level", "warning", "serve", "--width",
-                             str(w), "--height", str(h), "--pace", pace, "--jpeg-quality", str(quality),
-                             "--control", c, "--frames", f])
+    proc = subprocess.Popen([sys.executable, "-m", "sfbridge.cli", "--log-level", "warning", "serve", "--model",
+                             "testsrc", "--width", str(w), "--height", str(h), "--pace", pace,
+                             "--jpeg-quality", str(quality), "--control", c, "--frames", f])
     client = Client(control=c, frames=f, timeout=1.0, retries=20)
     client.ping()
     return proc, client

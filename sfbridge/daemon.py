@@ -75,7 +75,7 @@ def build_generator(model: str, options: dict[str, Any]) -> tuple[Generator, lis
     try:
         return create_generator("self-forcing", **options), []
     except GeneratorError as exc:
-        warning = f"self-forcing unavailable ({exc}); serving the test pattern"
+        warning = f"{exc}; serving the test pattern instead"
         log.warning("--model auto: %s", warning)
         return create_generator("testsrc", warnings=[warning], **options), [warning]
 
@@ -183,7 +183,7 @@ class Daemon:
             "formats": list(FRAME_FORMATS),
             "jpeg_quality": self.config.jpeg_quality,
             "pace": self.config.pace,
-            "warnings": list(self.warnings) + list(desc.get("warnings", [])),
+            "warnings": list(dict.fromkeys([*self.warnings, *desc.get("warnings", [])])),
             "stats": self.publisher.snapshot(),
             "pid": os.getpid(),
         }

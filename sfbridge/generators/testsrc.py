@@ -139,7 +139,8 @@ class TestSource(Generator):
         fs = self._font_size
         lines = _wrap(s.prompt, max(8, int(self.width / (fs * 0.55))), 3)
         lines.append(f"frame {frame}  block {block}.{idx}  seed {s.seed}  state {s.state_id}")
-        lines.extend(f"! {w}" for w in self.warnings)
+        for w in self.warnings:  # e.g. why --model auto fell back to the test pattern
+            lines.extend(_wrap(f"! {w}", max(8, int(self.width / (fs * 0.55))), 6))
         box_h = min(self.height, (fs + 4) * len(lines) + 8)
         # Draw text on a small dark strip only: cheap even at high resolutions.
         strip = Image.fromarray(out[:box_h]).convert("RGB")
