@@ -87,6 +87,8 @@ class Daemon:
         if generator is None:
             generator, self.warnings = build_generator(config.model, config.model_options)
         self.generator = generator
+        # Generators are engine-thread-only: read their static facts once, here, for `status`.
+        self.description = generator.describe()
         self.started = time.time()
         self.box = SteeringBox(Steering(prompt=config.prompt, seed=config.seed, state_id=1))
         self.outbox: queue.Queue = queue.Queue()
@@ -163,7 +165,7 @@ class Daemon:
 
     def status(self) -> dict:
         s = self.box.peek()
-        desc = self.generator.describe()
+        desc = self.description
         return {
             **desc,
             "protocol": PROTOCOL_VERSION,

@@ -20,7 +20,7 @@ import numpy as np
 
 from sfbridge.generators.base import Generator
 from sfbridge.protocol import make_event
-from sfbridge.steering import SteeringBox
+from sfbridge.steering import Snapshot, SteeringBox
 
 log = logging.getLogger("sfbridge.engine")
 
@@ -98,6 +98,14 @@ class Engine:
             except Exception:
                 log.exception("generator close failed")
 
+    def _check(self, frames: np.ndarray) -> None:
+        """The publisher and every client rely on this: [N, H, W, 3] uint8 at the advertised size."""
+        g = self.generator
+        if (not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4
+                or frames.shape[1:] != (g.height, g.width, 3) or len(frames) == 0):
+            raise TypeError(f"generator {g.name!r} returned frames {getattr(frames, 'shape', type(frames))} "
+                            f"{getattr(frames, 'dtype', '')}, expected [N, {g.height}, {g.width}, 3] uint8")
+
     def _announce_pause(self) -> None:
         if self.box.paused != self._was_paused:
             self._was_paused = self.box.paused
@@ -105,24 +113,27 @@ class Engine:
             self.events.put(make_event(kind, block=self.box.next_block))
             log.info("%s at block %d", kind, self.box.next_block)
 
-    def _step(self, snap) -> None:
+    def _step(self, snap: Snapshot) -> None:
         s = snap.steering
-        if snap.reset:
-            self.generator.reset(s)
-            self.events.put(make_event("started", stream=snap.stream, model=self.generator.name,
-                                       width=self.generator.width, height=self.generator.height,
-                                       fps=self.generator.fps, prompt=s.prompt, seed=s.seed,
-                                       state_id=s.state_id))
-            log.info("scene %s started: %r seed %d", snap.stream, s.prompt, s.seed)
         t0 = time.perf_counter()
         try:
+            if snap.reset:
+                self.generator.reset(s)
+                self.events.put(make_event("started", stream=snap.stream, model=self.generator.name,
+                                           width=self.generator.width, height=self.generator.height,
+                                           fps=self.generator.fps, prompt=s.prompt, seed=s.seed,
+                                           state_id=s.state_id))
+                log.info("scene %s started: %r seed %d", snap.stream, s.prompt, s.seed)
+                t0 = time.perf_counter()
             out = self.generator.next_block(s)
+            self._check(out.frames)
         except Exception as exc:
             self.stats.errors += 1
             log.exception("generator failed on block %d", snap.block)
             self.events.put(make_event("error", code="internal",
                                        message=f"generator failed on block {snap.block}: {exc}"))
-            with self.box.cond:  # the failed block is retried: same index, and the scene restarts
+            # A failure can leave caches half-written: start a new scene after a pause.
+            with self.box.cond:
                 self.box.reset(None, None)
                 self.box.cond.wait(timeout=RETRY_DELAY_S)
             return

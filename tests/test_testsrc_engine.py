@@ -113,3 +113,35 @@ def test_engine_respects_max_ahead():
     assert outbox.qsize() == 2  # stopped at the limit instead of running ahead
     box.stop()
     eng.thread.join(5)
+
+
+class BadShape(Flaky):
+    """Returns frames of the wrong size: the engine must refuse them, not pass them on."""
+
+    name = "badshape"
+
+    def next_block(self, steering):
+        self.calls += 1
+        return Block(np.zeros((9, 4, 4, 3), np.uint8), 0, 0, steering.state_id)
+
+
+class FailingReset(Flaky):
+    name = "failing-reset"
+
+    def reset(self, steering):
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("reset failed (simulated)")
+        self.block = 0
+
+
+def test_engine_refuses_frames_of_the_wrong_shape():
+    got, evs = run_engine(BadShape(), 1, timeout=1.5)
+    assert got == []
+    assert any(e["type"] == "error" and "expected [N, 8, 8, 3] uint8" in e["message"] for e in evs)
+
+
+def test_engine_survives_a_failing_reset():
+    got, evs = run_engine(FailingReset(), 2)
+    assert len(got) == 2
+    assert any(e["type"] == "error" and "reset failed" in e["message"] for e in evs)
