@@ -333,3 +333,25 @@ def test_event_subscriber_gets_state_at_once(daemon, client):
     assert ev["prompt"] == "state for late joiners" and ev["model"] == "testsrc" and ev["stream"]
     assert len(msg) == 3 and msg[2] == b""
     s.close(0)
+
+
+def test_pacing_follows_a_slow_generator_evenly(make_daemon):
+    # 12 frames per 1.2 s block = 10 fps production: frames must come evenly at ~10 fps, not in bursts
+    d = make_daemon(model_options={"block_delay": 1.2})
+    c = Client(control=d.config.control, frames=d.config.frames)
+    arrivals = []
+    for f in c.subscribe("rgb24", latest_only=False, timeout=5):
+        if f.block >= 2:  # skip the first blocks (9 frames, warm-up)
+            arrivals.append(time.monotonic())
+        if len(arrivals) >= 24:
+            break
+    gaps = np.diff(arrivals)
+    assert 0.07 < float(np.median(gaps)) < 0.14, gaps
+    assert gaps.max() < 0.4, gaps  # no stop-and-burst at block boundaries
+    c.close()
+
+
+def test_pacing_native_rate_when_generation_keeps_up(daemon, client):
+    t = [f.t_pub for f in take(client, 33)[1:]]
+    rate = (len(t) - 1) / (t[-1] - t[0])
+    assert 14.5 < rate < 17.5, rate
