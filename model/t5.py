@@ -276,9 +276,14 @@ class TextEncoder:
     # -- encoding --------------------------------------------------------------------------
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cleaned prompts -> ids, mask [B, text_len] (EOS appended, pad 0, truncated to text_len)."""
+        """Prompts -> cleaned -> ids, mask [B, text_len] (EOS appended, pad 0, truncated to text_len)."""
+        return self._tokenize_cleaned([clean_prompt(p) for p in prompts])
+
+    def _tokenize_cleaned(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Already-cleaned texts -> ids, mask. Cleaning is not idempotent (html.unescape twice per
+        pass: "&amp;amp;amp;" -> "&amp;" -> "&"), so it must run exactly once, as in the official code."""
         out = self.tokenizer(
-            [clean_prompt(p) for p in prompts],
+            texts,
             padding="max_length",
             truncation=True,
             max_length=self.text_len,
@@ -309,7 +314,7 @@ class TextEncoder:
         todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
         fresh: dict[str, torch.Tensor] = {}
         if todo:
-            ids, mask = self.tokenize(todo)
+            ids, mask = self._tokenize_cleaned(todo)  # todo holds cleaned keys: clean once only
             out = self.encode_ids(ids, mask).to(self.out_device)
             fresh = dict(zip(todo, out, strict=True))
             log.debug("encoded %d prompt(s), %d from cache", len(todo), len(keys) - len(todo))

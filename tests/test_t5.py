@@ -156,3 +156,16 @@ def test_strict_load_errors(tmp_path, tok_dir):
     _err(tmp_path, {"x": torch.zeros(1)}, tok_dir, "token_embedding.weight")
     with pytest.raises(ModelFileError, match="tokenizer folder not found"):
         load_tokenizer(tmp_path / "nope")
+
+
+def test_encode_cleans_once_like_official():
+    """encode() == encode_ids(tokenize(prompt)): the LRU key is the cleaned text and must not be
+    cleaned a second time (cleaning is not idempotent: with a '<' in the text ftfy leaves entities
+    alone and the two html.unescape passes strip two levels per cleaning)."""
+    enc = TextEncoder.tiny_random(seed=5, text_len=24)
+    prompt = "a <b> fox &amp;amp;amp; dog"
+    assert clean_prompt(prompt) == "a <b> fox &amp; dog"
+    assert clean_prompt(clean_prompt(prompt)) == "a <b> fox & dog"
+    ids, mask = enc.tokenize([prompt])
+    assert not torch.equal(ids, enc.tokenize(["a <b> fox & dog"])[0])  # the two texts tokenize differently
+    torch.testing.assert_close(enc.encode([prompt]), enc.encode_ids(ids, mask), atol=0, rtol=0)
