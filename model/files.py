@@ -291,7 +291,7 @@ def check_files(model_dir: str | os.PathLike | None = None, hf_cache: str | os.P
                 required=spec.required,
                 present=present,
                 loadable=loadable,
-                ok=loadable or not spec.required,
+                ok=loadable if present else not spec.required,  # a corrupt optional file is not ok
                 detail=detail,
             )
         )

@@ -59,3 +59,14 @@ def test_python_m_cli(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "sfbridge.cli", "doctor", "--json", "--model-dir", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode in (0, 1) and "checks" in json.loads(r.stdout)
+
+
+def test_corrupt_optional_file_is_not_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An absent taehv is fine ("opt"); a present but unreadable one is reported, not shown as ok."""
+    build_tiny_model_dir(tmp_path / "m")
+    (tmp_path / "m" / "taew2_1.pth").write_bytes(b"not a checkpoint")
+    rc, out = doctor(capsys, "--model-dir", str(tmp_path / "m"))
+    assert "warn  file:taehv" in out and "ok    file:taehv" not in out
+    assert rc == (0 if torch.cuda.is_available() else 1)  # optional: never decides readiness
+    if not torch.cuda.is_available():
+        assert "note: file:taehv" in out and "unknown header" in out
