@@ -37,6 +37,7 @@ var _connect_timeout_ms := 2000
 
 
 ## Starts connecting to host:port; socket_type is "SUB" or "DEALER". Returns OK or an error code.
+## connect_timeout_ms bounds the TCP connect plus the ZMTP handshake.
 func open(host: String, port: int, socket_type: String, connect_timeout_ms := 2000) -> int:
 	_socket_type = socket_type
 	_connect_timeout_ms = connect_timeout_ms
@@ -184,6 +185,13 @@ func poll() -> Array:
 				_rx.append_array(data)
 			last_rx_ms = Time.get_ticks_msec()
 	_parse(messages)
+	# A peer that accepts TCP but never completes the greeting/READY exchange (not a ZeroMQ
+	# socket, or a hung process) must not hold the connection forever: the connect timeout
+	# covers the whole handshake, as in the C# client.
+	if (state == State.GREETING or state == State.HANDSHAKE) \
+			and Time.get_ticks_msec() - _connect_started_ms > _connect_timeout_ms:
+		_fail("handshake timed out")
+		return messages
 	# Compact the buffer once consumed bytes dominate.
 	if _rx_pos > 0 and (_rx_pos >= _rx.size() or _rx_pos > 1 << 20):
 		_rx = _rx.slice(_rx_pos)
