@@ -80,6 +80,7 @@ namespace Sfbridge.Unity
         SfbridgeFrame _lastFrame;
         byte[] _flipBuffer;
         long _framesShown;
+        bool _targetsPending; // texture (re)created but not yet put on the targets
         SfbridgeConnectionState _state = SfbridgeConnectionState.Disconnected;
         readonly ConcurrentQueue<Action> _mainThread = new ConcurrentQueue<Action>();
 
@@ -180,14 +181,15 @@ namespace Sfbridge.Unity
 
         void Show(SfbridgeFrame f)
         {
-            bool created = false;
             if (_texture == null)
             {
                 _texture = new Texture2D(f.Width, f.Height, TextureFormat.RGB24, false);
                 _texture.name = "sfbridge stream";
                 _texture.filterMode = filterMode;
                 _texture.wrapMode = wrapMode;
-                created = true;
+                // Assigned after the first frame that decodes: if this one is rejected (bad JPEG,
+                // wrong rgb24 size) the next good frame must still reach the targets.
+                _targetsPending = true;
             }
             if (f.Format == "jpeg")
             {
@@ -221,7 +223,11 @@ namespace Sfbridge.Unity
             }
             _lastFrame = f;
             _framesShown++;
-            if (created) AssignTargets();
+            if (_targetsPending)
+            {
+                _targetsPending = false;
+                AssignTargets();
+            }
             var h = FrameReceived;
             if (h != null)
             {
