@@ -29,6 +29,7 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,31 +51,40 @@ class ModelFileError(ValueError):
 def read_state_dict(path: str | os.PathLike, nested_keys: Iterable[str] = ()) -> dict[str, torch.Tensor]:
     """Read a flat {name: tensor} dict from `.safetensors` or a torch pickle (`.pt`/`.pth`).
 
-    Pickles are loaded with `weights_only=True` (the official files are plain tensor dicts), so a
-    file carrying arbitrary objects is refused instead of executed. `nested_keys`: top-level keys
-    to descend into when present (e.g. `generator_ema` for the Self Forcing checkpoint).
+    The one reader of every loader here (DiT, VAE, T5, TAEHV), so a bad file is reported the same
+    way everywhere. Pickles are loaded with `weights_only=True` (the official files are plain tensor
+    dicts), so a file carrying arbitrary objects is refused instead of executed; zip-format pickles
+    are memory-mapped (an 11 GB text encoder stays out of RAM until its tensors are copied).
+    `nested_keys`: top-level keys to descend into, first match wins (e.g. `generator_ema`,
+    `generator`, `model` for the Self Forcing checkpoint).
     """
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
-            sd = load_file(str(path))
-        else:
+        try:
+            sd: Any = load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ValueError...
+            raise ModelFileError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+    else:
+        try:
             with open(path, "rb") as f:
                 is_zip = f.read(4) == _ZIP_MAGIC
-            # mmap keeps an 11 GB text encoder out of RAM until its tensors are copied (zip format only)
             sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
-    except Exception as e:  # noqa: BLE001 - any reader failure means "not a weight file"
-        raise ModelFileError(f"{path}: cannot be read as a state dict ({type(e).__name__}: {e})") from e
+        except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, BadZipFile...
+            raise ModelFileError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(sd, dict):
+        raise ModelFileError(f"{path}: expected a dict of tensors, got {type(sd).__name__}")
     for k in nested_keys:
-        if isinstance(sd, dict) and isinstance(sd.get(k), dict):
+        if isinstance(sd.get(k), dict):
+            log.info("%s: using '%s'", path, k)
             sd = sd[k]
             break
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ModelFileError(f"{path}: expected a dict of tensors, got {type(sd).__name__}")
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ModelFileError(f"{path}: not a state dict; non-tensor entries {bad[:5]}")
     return sd
 
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-import zipfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from .causal_wan import CausalWanModel
 from .config import ModelConfig
+from .files import ModelFileError, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -28,43 +26,8 @@ PROGRESS_MIN_BYTES = 64 << 20  # show a progress bar only for real checkpoints
 FSDP_SEGMENT = "_fsdp_wrapped_module."
 
 
-class WeightsError(RuntimeError):
-    """A checkpoint could not be read or does not match the model; the message says which key."""
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Raw tensors of a .pt/.pth (torch pickle, weights_only) or .safetensors file, unwrapped."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such checkpoint file")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise WeightsError(f"{path}: not a readable safetensors file ({e})") from e
-    try:
-        try:
-            obj: Any = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:  # legacy (non-zip) pickles cannot be mmapped
-            if zipfile.is_zipfile(path):
-                raise
-            log.debug("mmap load failed (%s), retrying without mmap", e)
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise WeightsError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(obj, dict):
-        raise WeightsError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
-    for key in WRAPPER_KEYS:
-        if key in obj and isinstance(obj[key], dict):
-            log.info("%s: using '%s'", path, key)
-            obj = obj[key]
-            break
-    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise WeightsError(f"{path}: not a state dict; non-tensor entries {bad[:5]}")
-    return obj
+# One error type for every model file problem (files.py reads all of them); the old name stays.
+WeightsError = ModelFileError
 
 
 def normalize_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -100,7 +63,7 @@ def load_model(path: str | os.PathLike, cfg: ModelConfig | None = None, dtype: t
     cfg = cfg or ModelConfig()
     with torch.device("meta"):
         model = CausalWanModel(cfg, attn_backend=attn_backend)
-    sd = normalize_keys(read_state_dict(path))
+    sd = normalize_keys(read_state_dict(path, WRAPPER_KEYS))
     check_state_dict(sd, model, str(path))
     total = sum(v.nbytes for v in sd.values())
     items = tqdm(sd.items(), total=len(sd), desc=f"loading {Path(path).name}", unit="tensor",

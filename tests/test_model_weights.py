@@ -81,7 +81,7 @@ def test_bad_files(tmp_path: Path, cfg: ModelConfig, sd: dict) -> None:
     _expect(tmp_path / "rand.pt", cfg, "not a readable")
     (tmp_path / "rand.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
     _expect(tmp_path / "rand.safetensors", cfg, "not a readable safetensors")
-    _expect(tmp_path / "missing_file.pt", cfg, "no such checkpoint")
+    _expect(tmp_path / "missing_file.pt", cfg, "file not found")
     torch.save([1, 2, 3], tmp_path / "list.pt")
     _expect(tmp_path / "list.pt", cfg, "expected a dict")
 

@@ -141,7 +141,7 @@ def test_unexpected_key_is_named(tmp_path):
 
 def test_wrong_file_is_named(tmp_path):
     (tmp_path / "vae.pth").write_bytes(b"not a checkpoint")
-    _assert_error(tmp_path / "vae.pth", "cannot be read")
+    _assert_error(tmp_path / "vae.pth", "not a readable torch checkpoint")
     torch.save({"generator_ema": {"model.x": torch.zeros(1)}}, tmp_path / "gen.pth")
     _assert_error(tmp_path / "gen.pth")
     _assert_error(tmp_path / "absent.pth", "not found")
