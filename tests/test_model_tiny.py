@@ -79,3 +79,24 @@ def test_options_validated_and_registered() -> None:
         TinyGenerator(window=3, sink=1)
     g = create_generator("tiny", width=64, height=32, seed=1, window=6, sink=0, steps=[1000, 500])
     assert g.next_block(Steering()).frames.shape == (9, 32, 64, 3)
+
+
+def test_blend_during_blend_starts_from_the_last_conditioning(gen: TinyGenerator) -> None:
+    import torch
+
+    from sfbridge.steering import SteeringBox
+
+    box = SteeringBox(Steering(prompt="A", state_id=1))
+    snap = box.take()
+    gen.reset(snap.steering)
+    gen.next_block(snap.steering)
+    emb = {p: gen._embeds(p) for p in "ABC"}
+    box.set_prompt("B", "blend", 4)
+    for _ in range(2):
+        gen.next_block(box.take().steering)
+    on_screen = gen._last_embeds.clone()
+    assert torch.allclose(on_screen, 0.5 * emb["B"] + 0.5 * emb["A"])
+    box.set_prompt("C", "blend", 4)
+    gen.next_block(box.take().steering)
+    assert torch.allclose(gen._last_embeds, 0.25 * emb["C"] + 0.75 * on_screen)
+    gen.reset(snap.steering)

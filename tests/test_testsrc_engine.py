@@ -145,3 +145,24 @@ def test_engine_survives_a_failing_reset():
     got, evs = run_engine(FailingReset(), 2)
     assert len(got) == 2
     assert any(e["type"] == "error" and "reset failed" in e["message"] for e in evs)
+
+
+def test_a_blend_sent_during_a_blend_continues_from_the_screen():
+    from sfbridge.generators.testsrc import prompt_colors
+
+    box = SteeringBox(Steering(prompt="A", state_id=1))
+    g = TestSource(32, 32)
+    snap = box.take()
+    g.reset(snap.steering)
+    g.next_block(snap.steering)  # block 0: A
+    box.set_prompt("B", "blend", 4)
+    for _ in range(2):  # blocks 1, 2: alpha 0.25, 0.5 of B
+        g.next_block(box.take().steering)
+    on_screen = g._last_colors.copy()
+    assert np.allclose(on_screen, 0.5 * prompt_colors("B") + 0.5 * prompt_colors("A"))
+    box.set_prompt("C", "blend", 4)
+    g.next_block(box.take().steering)  # block 3: first block of the blend to C
+    assert np.allclose(g._last_colors, 0.25 * prompt_colors("C") + 0.75 * on_screen)
+    box.set_seed(5)  # a seed change does not restart the running blend
+    g.next_block(box.take().steering)
+    assert np.allclose(g._last_colors, 0.5 * prompt_colors("C") + 0.5 * on_screen)

@@ -50,6 +50,15 @@ class Steering:
         return float(min(1.0, max(0.0, done / self.blend_blocks)))
 
 
+def blend_identity(steering: Steering) -> tuple | None:
+    """Which blend transition ``steering`` is in (None: no blend). Seed or step changes during a
+    blend keep it; a new blend prompt starts a new one. Generators blend from what was on screen
+    when a blend started, not from ``prev_prompt``, so a blend sent during a blend does not jump."""
+    if steering.transition != "blend" or steering.prev_prompt is None:
+        return None
+    return (steering.prompt, steering.since_block)
+
+
 @dataclass
 class Block:
     """One block of decoded video: ``frames`` is ``[N, H, W, 3]`` uint8 RGB, C-contiguous."""

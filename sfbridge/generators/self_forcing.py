@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sfbridge.generators.base import NATIVE_FPS, Block, Generator, GeneratorError, Steering
+from sfbridge.generators.base import NATIVE_FPS, Block, Generator, GeneratorError, Steering, blend_identity
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,9 @@ class StreamingGenerator(Generator):
         self._steps: tuple[float, ...] = ()
         self._set_steps(self.default_steps)
         self._text_key: tuple | None = None
+        self._blend: tuple | None = None  # identity of the running blend transition
+        self._blend_from: torch.Tensor | None = None  # conditioning the running blend started from
+        self._last_embeds: torch.Tensor | None = None  # conditioning of the last block
         self._seed = int(seed)
         self._frame = 0
         self._cuda = pipe.device.type == "cuda"
@@ -138,13 +141,19 @@ class StreamingGenerator(Generator):
             self._seed = int(steering.seed)
             self.pipe.reseed(self._seed)
         alpha = steering.blend_alpha(self.pipe.block_index)
-        key = (steering.prompt, steering.prev_prompt if alpha < 1.0 else None, alpha)
+        blend = blend_identity(steering)
+        if blend != self._blend:  # a new blend starts from what the last block was conditioned on,
+            self._blend = blend  # so a blend sent while another runs continues without a jump
+            self._blend_from = self._last_embeds
+        key = (steering.prompt, blend, alpha)
         if key != self._text_key:  # new conditioning: only the cross-attention cache is reset
             e = self._embeds(steering.prompt)
             if alpha < 1.0 and steering.prev_prompt is not None:
-                e = alpha * e + (1.0 - alpha) * self._embeds(steering.prev_prompt).to(e.device, e.dtype)
+                src = self._blend_from if self._blend_from is not None else self._embeds(steering.prev_prompt)
+                e = alpha * e + (1.0 - alpha) * src.to(e.device, e.dtype)
             self.pipe.set_prompt_embeds(e)
             self._text_key = key
+            self._last_embeds = e
         return alpha
 
     def reset(self, steering: Steering) -> None:
@@ -152,6 +161,7 @@ class StreamingGenerator(Generator):
         self.pipe.reset(self._seed)
         self.decoder.reset()
         self._text_key = None
+        self._blend, self._blend_from, self._last_embeds = None, None, None
         self._frame = 0
 
     def _sync(self) -> None:

@@ -29,6 +29,7 @@ from sfbridge.generators.base import (
     Generator,
     GeneratorError,
     Steering,
+    blend_identity,
 )
 
 log = logging.getLogger("sfbridge.model.testsrc")
@@ -82,6 +83,9 @@ class TestSource(Generator):
         self.warnings = list(warnings or [])
         self._block = 0
         self._frame = 0
+        self._blend: tuple | None = None
+        self._blend_from: np.ndarray | None = None  # colours a running blend started from
+        self._last_colors: np.ndarray | None = None
         self._x = np.linspace(0.0, 1.0, self.width, dtype=np.float32)[None, :]  # [1, W]
         self._y = np.linspace(0.0, 1.0, self.height, dtype=np.float32)[:, None]  # [H, 1]
         self._font_size = max(10, self.height // 24)
@@ -89,6 +93,7 @@ class TestSource(Generator):
     def reset(self, steering: Steering) -> None:
         self._block = 0
         self._frame = 0
+        self._blend = self._blend_from = self._last_colors = None
 
     def describe(self) -> dict:
         return {**super().describe(), "warnings": self.warnings}
@@ -97,9 +102,14 @@ class TestSource(Generator):
         t0 = time.perf_counter()
         n = FIRST_BLOCK_FRAMES if self._block == 0 else BLOCK_FRAMES
         alpha = steering.blend_alpha(self._block)
+        blend = blend_identity(steering)
+        if blend != self._blend:  # a new blend starts from the colours on screen (see blend_identity)
+            self._blend, self._blend_from = blend, self._last_colors
         colors = prompt_colors(steering.prompt)
         if alpha < 1.0 and steering.prev_prompt is not None:
-            colors = alpha * colors + (1.0 - alpha) * prompt_colors(steering.prev_prompt)
+            src = self._blend_from if self._blend_from is not None else prompt_colors(steering.prev_prompt)
+            colors = alpha * colors + (1.0 - alpha) * src
+        self._last_colors = colors
         frames = np.empty((n, self.height, self.width, 3), dtype=np.uint8)
         for i in range(n):
             frames[i] = self._render(self._frame + i, self._block, i, colors, steering)
