@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import re
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -197,6 +198,7 @@ class TextEncoder:
         self.cache_size = cache_size
         self.offload_after_encode = offload_after_encode
         self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()  # encode() may run on a prefetch thread and the engine thread
         self.encoder_calls = 0  # forward passes actually run (the LRU cache skips them)
         self.model.to(device=self.device, dtype=dtype)
 
@@ -308,8 +310,16 @@ class TextEncoder:
         return x
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        """Prompts -> [B, text_len, dim] (dtype self.dtype, on out_device); repeated prompts hit the LRU."""
+        """Prompts -> [B, text_len, dim] (dtype self.dtype, on out_device); repeated prompts hit the LRU.
+
+        Thread-safe: a prompt can be encoded ahead of time on a worker thread while the generator
+        runs; a second caller of the same prompt waits for that result instead of encoding again.
+        """
         assert isinstance(prompts, (list, tuple)), f"prompts must be a list of str, got {type(prompts).__name__}"
+        with self._lock:
+            return self._encode(prompts)
+
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
         keys = [clean_prompt(p) for p in prompts]
         todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
         fresh: dict[str, torch.Tensor] = {}

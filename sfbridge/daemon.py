@@ -14,6 +14,7 @@ import queue
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +104,8 @@ class Daemon:
                              stats=self.engine_stats, on_output=self.publisher.wake)
         self.control = ControlServer(self.ctx, config.control, self.handle)
         self.stopped = threading.Event()
+        # One worker: prompts are prepared in arrival order while the engine keeps generating.
+        self.preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sfbridge-prepare")
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -125,6 +128,7 @@ class Daemon:
         self.publisher.stop()
         self.control.thread.join(timeout)
         self.publisher.thread.join(timeout)
+        self.preparer.shutdown(wait=False, cancel_futures=True)
         self.ctx.term()
 
     # --- requests (called from the control thread) -------------------------------------------------
@@ -135,6 +139,7 @@ class Daemon:
         if isinstance(req, Status):
             return self.status()
         if isinstance(req, Prompt):
+            self._prepare(req.text)
             state_id, block = self.box.set_prompt(req.text, req.transition, req.blend_blocks)
             return {"state_id": state_id, "applies_at_block": block}
         if isinstance(req, Seed):
@@ -152,9 +157,21 @@ class Daemon:
             self.box.set_paused(False)
             return {"paused": False}
         if isinstance(req, Reset):
+            if req.prompt is not None:
+                self._prepare(req.prompt)
             state_id, stream = self.box.reset(req.prompt, req.seed)
             return {"state_id": state_id, "stream": stream}
         raise ProtocolError("unknown_op", f"unhandled request {type(req).__name__}")  # pragma: no cover
+
+    def _prepare(self, prompt: str) -> None:
+        """Start the generator's per-prompt work (text encoding) now, off the engine and control threads."""
+        def run() -> None:
+            try:
+                self.generator.prepare(prompt)
+            except Exception:  # the engine will hit (and report) the same problem when it applies the prompt
+                log.exception("preparing prompt %r failed", prompt[:80])
+
+        self.preparer.submit(run)
 
     def state_info(self) -> dict:
         """Where the stream stands: sent as a `state` event to every new event subscriber."""

@@ -355,3 +355,36 @@ def test_pacing_native_rate_when_generation_keeps_up(daemon, client):
     t = [f.t_pub for f in take(client, 33)[1:]]
     rate = (len(t) - 1) / (t[-1] - t[0])
     assert 14.5 < rate < 17.5, rate
+
+
+def test_prompt_requests_prepare_the_prompt_off_the_engine_thread():
+    import threading
+
+    from conftest import endpoints
+
+    from sfbridge.daemon import Daemon, DaemonConfig
+    from sfbridge.generators.testsrc import TestSource
+
+    class Recording(TestSource):
+        def __init__(self):
+            super().__init__(64, 48)
+            self.prepared: list[tuple[str, str]] = []
+
+        def prepare(self, prompt):
+            self.prepared.append((prompt, threading.current_thread().name))
+
+    gen = Recording()
+    control, frames = endpoints()
+    d = Daemon(DaemonConfig(control=control, frames=frames), generator=gen).start()
+    try:
+        c = Client(control=control, frames=frames)
+        c.set_prompt("first")
+        c.reset(prompt="second")
+        deadline = time.monotonic() + 3
+        while len(gen.prepared) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [p for p, _ in gen.prepared] == ["first", "second"]
+        assert all(t.startswith("sfbridge-prepare") for _, t in gen.prepared), gen.prepared
+        c.close()
+    finally:
+        d.stop()

@@ -151,3 +151,16 @@ def test_gpu_bench_decoders_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
                      "--cache", "rolling", "--attn", "sdpa", "--window", "6"]) == 0
     out = capsys.readouterr().out
     assert "fp32  decode vae" in out and "fp32  decode taehv" in out and out.count("end-to-end") == 2
+
+
+def test_prepare_encodes_ahead_so_the_block_does_not(gen) -> None:  # noqa: ANN001
+    import threading
+
+    s = Steering(prompt="a prompt never seen before", seed=1)
+    worker = threading.Thread(target=gen.prepare, args=(s.prompt,))
+    worker.start()
+    worker.join()
+    calls = gen.text.encoder_calls
+    gen.reset(s)
+    gen.next_block(s)
+    assert gen.text.encoder_calls == calls  # the block found the prepared embedding

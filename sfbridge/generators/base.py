@@ -98,5 +98,12 @@ class Generator(ABC):
         """Whether ``Steering.denoising_steps`` means anything to this generator."""
         return False
 
+    def prepare(self, prompt: str) -> None:
+        """Optional and thread-safe: do slow per-prompt work (text encoding) ahead of time.
+
+        The daemon calls it from a worker thread as soon as a prompt request arrives, so the block
+        that applies the prompt does not stall on it. Default: nothing to prepare.
+        """
+
     def close(self) -> None:
         """Free resources (GPU memory, files). Called once, from the engine thread."""

@@ -343,6 +343,9 @@ class SelfForcingGenerator(StreamingGenerator):
     def _embeds(self, prompt: str) -> torch.Tensor:
         return self.text.encode([prompt])  # the encoder's own LRU cache makes repeats free
 
+    def prepare(self, prompt: str) -> None:
+        self.text.encode([prompt])  # fills the encoder's (locked) LRU; _embeds then finds it
+
     def describe(self) -> dict[str, Any]:
         c = self.pipe.cfg
         gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
