@@ -76,13 +76,28 @@ namespace Sfbridge.Unity
         SfbridgeSubscriber _subscriber;
         SfbridgeControl _control;
         Texture2D _texture;
-        Material _createdSkybox;
+        Material _createdSkybox;      // Skybox/Panoramic material this component made (setSkybox, no skyboxMaterial)
+        Material _skyboxBefore;       // RenderSettings.skybox before this component replaced it
+        Material _skyboxAssigned;     // what this component put on RenderSettings.skybox (null: nothing)
+        Material _rendererMaterial;   // instance made by targetRenderer.material (ours to destroy)
+        Material _rendererMaterialWas; // that renderer's sharedMaterial before the instance
+        Renderer _rendererMaterialOf;  // the renderer _rendererMaterial was made for
         SfbridgeFrame _lastFrame;
         byte[] _flipBuffer;
         long _framesShown;
         bool _targetsPending; // texture (re)created but not yet put on the targets
         SfbridgeConnectionState _state = SfbridgeConnectionState.Disconnected;
-        readonly ConcurrentQueue<Action> _mainThread = new ConcurrentQueue<Action>();
+        // Work for the main thread, tagged with the connection generation that queued it.
+        // Disconnect bumps _generation, so a callback that a worker thread queues after the
+        // queue was cleared (a control reply that was already in flight) is dropped in Update
+        // instead of running after the next Connect.
+        struct MainThreadWork
+        {
+            public int Generation;
+            public Action Run;
+        }
+        readonly ConcurrentQueue<MainThreadWork> _mainThread = new ConcurrentQueue<MainThreadWork>();
+        volatile int _generation;
 
         void OnEnable()
         {
@@ -102,10 +117,18 @@ namespace Sfbridge.Unity
         void OnDestroy()
         {
             Disconnect();
+            // Destroy exactly what this component instantiated, after putting the scene back
+            // the way it was (nothing may keep pointing at a destroyed object).
+            ReleaseRendererMaterial();
+            ReleaseSkybox();
+            if (targetRawImage != null && targetRawImage.texture == _texture) targetRawImage.texture = null;
             if (_texture != null) Destroy(_texture);
-            if (_createdSkybox != null) Destroy(_createdSkybox);
             _texture = null;
-            _createdSkybox = null;
+        }
+
+        void Post(int generation, Action run)
+        {
+            _mainThread.Enqueue(new MainThreadWork { Generation = generation, Run = run });
         }
 
         /// <summary>Starts the stream and control clients (idempotent).</summary>
@@ -114,8 +137,9 @@ namespace Sfbridge.Unity
             if (_subscriber != null) return;
             try
             {
+                int gen = _generation;
                 _subscriber = new SfbridgeSubscriber(framesEndpoint, format, true);
-                _subscriber.StateChanged += s => _mainThread.Enqueue(() => SetState(s));
+                _subscriber.StateChanged += s => Post(gen, () => SetState(s));
                 if (logToConsole) _subscriber.Log += m => Debug.Log("[sfbridge] " + m);
                 _subscriber.Start();
                 _control = new SfbridgeControl(controlEndpoint);
@@ -138,9 +162,11 @@ namespace Sfbridge.Unity
             var c = _control;
             _subscriber = null;
             _control = null;
+            // Everything queued from now on by this connection's threads is stale (see Post).
+            _generation++;
             if (s != null) s.Stop(1000);
             if (c != null) c.Close(1000);
-            Action dropped;
+            MainThreadWork dropped;
             while (_mainThread.TryDequeue(out dropped)) { }
             SetState(SfbridgeConnectionState.Disconnected);
         }
@@ -155,11 +181,12 @@ namespace Sfbridge.Unity
 
         void Update()
         {
-            Action a;
+            MainThreadWork w;
             int budget = 64;
-            while (budget-- > 0 && _mainThread.TryDequeue(out a))
+            while (budget-- > 0 && _mainThread.TryDequeue(out w))
             {
-                try { a(); } catch (Exception e) { Debug.LogException(e); }
+                if (w.Generation != _generation) continue; // queued by an earlier connection
+                try { w.Run(); } catch (Exception e) { Debug.LogException(e); }
             }
             var sub = _subscriber;
             if (sub == null) return;
@@ -241,7 +268,7 @@ namespace Sfbridge.Unity
             if (_texture == null) return;
             if (targetRenderer != null)
             {
-                Material m = targetRenderer.material; // instance, so shared assets are untouched
+                Material m = RendererMaterial();
                 if (m.HasProperty(textureProperty)) m.SetTexture(textureProperty, _texture);
                 else m.mainTexture = _texture;
             }
@@ -265,30 +292,72 @@ namespace Sfbridge.Unity
                     sky = _createdSkybox;
                 }
                 sky.SetTexture("_MainTex", _texture);
+                if (_skyboxAssigned == null) _skyboxBefore = RenderSettings.skybox;
                 RenderSettings.skybox = sky;
+                _skyboxAssigned = sky;
             }
+        }
+
+        /// <summary>The material instance of targetRenderer that gets the texture. Made once per
+        /// renderer (targetRenderer.material instantiates, so shared assets are untouched); a
+        /// previous renderer's instance is released first, so re-assigning does not leak.</summary>
+        Material RendererMaterial()
+        {
+            if (_rendererMaterial != null && _rendererMaterialOf == targetRenderer) return _rendererMaterial;
+            ReleaseRendererMaterial();
+            _rendererMaterialOf = targetRenderer;
+            _rendererMaterialWas = targetRenderer.sharedMaterial;
+            _rendererMaterial = targetRenderer.material;
+            return _rendererMaterial;
+        }
+
+        /// <summary>Destroys the renderer material instance this component made, giving the
+        /// renderer back its original (shared) material if it still uses the instance.</summary>
+        void ReleaseRendererMaterial()
+        {
+            if (_rendererMaterial == null) return;
+            if (_rendererMaterialOf != null && _rendererMaterialOf.sharedMaterial == _rendererMaterial)
+                _rendererMaterialOf.sharedMaterial = _rendererMaterialWas;
+            Destroy(_rendererMaterial);
+            _rendererMaterial = null;
+            _rendererMaterialWas = null;
+            _rendererMaterialOf = null;
+        }
+
+        /// <summary>Puts back the skybox this component replaced (if it is still ours) and
+        /// destroys the Skybox/Panoramic material it created.</summary>
+        void ReleaseSkybox()
+        {
+            if (_skyboxAssigned != null && RenderSettings.skybox == _skyboxAssigned)
+                RenderSettings.skybox = _skyboxBefore;
+            _skyboxAssigned = null;
+            _skyboxBefore = null;
+            if (_createdSkybox != null) Destroy(_createdSkybox);
+            _createdSkybox = null;
         }
 
         // ---------------------------------------------------------------- steering API
         // Every call returns at once; the request runs on the control worker thread and the
         // optional callback gets (reply, error) on the main thread. error is an
-        // SfbridgeRequestException (daemon said no, see Code), an SfbridgeTimeoutException (no
-        // daemon) or ObjectDisposedException (component disabled meanwhile).
+        // SfbridgeRequestException (daemon said no, see Code) or an SfbridgeTimeoutException (no
+        // daemon). The callback of a request still pending at Disconnect (component disabled
+        // meanwhile) never runs, not even after a later Connect.
 
         /// <summary>Sends any request map (op + arguments).</summary>
         public void Request(Dictionary<string, object> request, Action<SfbridgeReply, Exception> callback = null)
         {
             var c = _control;
+            int gen = _generation;
             if (c == null)
             {
                 if (callback != null)
-                    _mainThread.Enqueue(() => callback(null, new SfbridgeException("SfbridgeStream is not connected (disabled?)")));
+                    Post(gen, () => callback(null, new SfbridgeException("SfbridgeStream is not connected (disabled?)")));
                 return;
             }
-            c.CallAsync(request).ContinueWith(t => Deliver(t, callback, request), TaskContinuationOptions.ExecuteSynchronously);
+            c.CallAsync(request).ContinueWith(t => Deliver(gen, t, callback, request), TaskContinuationOptions.ExecuteSynchronously);
         }
 
-        void Deliver(Task<SfbridgeReply> t, Action<SfbridgeReply, Exception> callback, Dictionary<string, object> request)
+        void Deliver(int gen, Task<SfbridgeReply> t, Action<SfbridgeReply, Exception> callback, Dictionary<string, object> request)
         {
             Exception err = null;
             SfbridgeReply rep = null;
@@ -298,9 +367,9 @@ namespace Sfbridge.Unity
             if (err != null && logToConsole && !(err is ObjectDisposedException))
             {
                 string op = Convert.ToString(request["op"]);
-                _mainThread.Enqueue(() => Debug.LogWarning("[sfbridge] " + op + ": " + err.Message));
+                Post(gen, () => Debug.LogWarning("[sfbridge] " + op + ": " + err.Message));
             }
-            if (callback != null) _mainThread.Enqueue(() => callback(rep, err));
+            if (callback != null) Post(gen, () => callback(rep, err));
         }
 
         /// <param name="text">the new prompt (1..4000 characters)</param>
