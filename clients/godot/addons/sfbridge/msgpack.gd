@@ -34,6 +34,36 @@ static func _put_be(out: PackedByteArray, v: int, n: int) -> void:
 		out.append((v >> (8 * i)) & 0xff)
 
 
+## Index i (a field of 1 << i bytes) of the narrowest width from first to last that holds v
+## (unsigned for v >= 0, two's complement for v < 0); last when none is narrower.
+static func _width_index(v: int, first: int, last: int) -> int:
+	var i := first
+	while i < last:
+		var bits := 8 << i
+		if (v >= 0 and v < (1 << bits)) or (v < 0 and v >= -(1 << (bits - 1))):
+			break
+		i += 1
+	return i
+
+
+## Writes v after the tag of the narrowest member of a width family: first_tag carries a field
+## of 1 << first bytes and each next tag doubles it, up to 1 << last bytes (the tags of one
+## family are consecutive: str8/16/32, bin8/16/32, array16/32, map16/32, uint8..64, int8..64).
+static func _write_sized(out: PackedByteArray, v: int, first_tag: int, first: int, last: int) -> void:
+	var i := _width_index(v, first, last)
+	out.append(first_tag + i - first)
+	_put_be(out, v, 1 << i)
+
+
+## Header of a str/bin/array/map of n items: the fix form (fix_tag | n) when n <= fix_max, else
+## the narrowest length field of the family (see _write_sized).
+static func _write_head(out: PackedByteArray, n: int, fix_tag: int, fix_max: int, first_tag: int, first: int) -> void:
+	if n <= fix_max:
+		out.append(fix_tag | n)
+	else:
+		_write_sized(out, n, first_tag, first, 2)
+
+
 static func _write(out: PackedByteArray, v) -> void:
 	match typeof(v):
 		TYPE_NIL:
@@ -51,54 +81,18 @@ static func _write(out: PackedByteArray, v) -> void:
 				out.append(tmp[i])
 		TYPE_STRING, TYPE_STRING_NAME:
 			var b: PackedByteArray = String(v).to_utf8_buffer()
-			var n := b.size()
-			if n <= 31:
-				out.append(0xa0 | n)
-			elif n <= 0xff:
-				out.append(0xd9)
-				_put_be(out, n, 1)
-			elif n <= 0xffff:
-				out.append(0xda)
-				_put_be(out, n, 2)
-			else:
-				out.append(0xdb)
-				_put_be(out, n, 4)
+			_write_head(out, b.size(), 0xa0, 31, 0xd9, 0)  # fixstr, str8/16/32
 			out.append_array(b)
 		TYPE_PACKED_BYTE_ARRAY:
-			var n: int = v.size()
-			if n <= 0xff:
-				out.append(0xc4)
-				_put_be(out, n, 1)
-			elif n <= 0xffff:
-				out.append(0xc5)
-				_put_be(out, n, 2)
-			else:
-				out.append(0xc6)
-				_put_be(out, n, 4)
+			_write_head(out, v.size(), 0, -1, 0xc4, 0)  # bin8/16/32 (no fix form)
 			out.append_array(v)
 		TYPE_ARRAY, TYPE_PACKED_INT32_ARRAY, TYPE_PACKED_INT64_ARRAY, TYPE_PACKED_FLOAT64_ARRAY, \
 		TYPE_PACKED_FLOAT32_ARRAY, TYPE_PACKED_STRING_ARRAY:
-			var n: int = v.size()
-			if n <= 15:
-				out.append(0x90 | n)
-			elif n <= 0xffff:
-				out.append(0xdc)
-				_put_be(out, n, 2)
-			else:
-				out.append(0xdd)
-				_put_be(out, n, 4)
+			_write_head(out, v.size(), 0x90, 15, 0xdc, 1)  # fixarray, array16/32
 			for item in v:
 				_write(out, item)
 		TYPE_DICTIONARY:
-			var n: int = v.size()
-			if n <= 15:
-				out.append(0x80 | n)
-			elif n <= 0xffff:
-				out.append(0xde)
-				_put_be(out, n, 2)
-			else:
-				out.append(0xdf)
-				_put_be(out, n, 4)
+			_write_head(out, v.size(), 0x80, 15, 0xde, 1)  # fixmap, map16/32
 			for k in v:
 				_write(out, k)
 				_write(out, v[k])
@@ -108,36 +102,12 @@ static func _write(out: PackedByteArray, v) -> void:
 
 
 static func _write_int(out: PackedByteArray, v: int) -> void:
-	if v >= 0:
-		if v <= 0x7f:
-			out.append(v)
-		elif v <= 0xff:
-			out.append(0xcc)
-			_put_be(out, v, 1)
-		elif v <= 0xffff:
-			out.append(0xcd)
-			_put_be(out, v, 2)
-		elif v <= 0xffffffff:
-			out.append(0xce)
-			_put_be(out, v, 4)
-		else:
-			out.append(0xcf)
-			_put_be(out, v, 8)
+	if v >= -32 and v <= 0x7f:
+		out.append(v & 0xff)  # positive / negative fixint
+	elif v >= 0:
+		_write_sized(out, v, 0xcc, 0, 3)  # uint8/16/32/64
 	else:
-		if v >= -32:
-			out.append(v & 0xff)
-		elif v >= -128:
-			out.append(0xd0)
-			_put_be(out, v, 1)
-		elif v >= -32768:
-			out.append(0xd1)
-			_put_be(out, v, 2)
-		elif v >= -2147483648:
-			out.append(0xd2)
-			_put_be(out, v, 4)
-		else:
-			out.append(0xd3)
-			_put_be(out, v, 8)
+		_write_sized(out, v, 0xd0, 0, 3)  # int8/16/32/64
 
 
 static func _need(buf: PackedByteArray, st: Dictionary, n: int) -> bool:
@@ -185,6 +155,23 @@ static func _float(buf: PackedByteArray, st: Dictionary, n: int) -> float:
 	return tmp.decode_float(0) if n == 4 else tmp.decode_double(0)
 
 
+enum Kind { UINT, INT, BIN, STR, EXT, FIXEXT, ARRAY, MAP }
+
+## Width families: [first tag, last tag, kind, width index of the first tag's field]; each next
+## tag of a family doubles the field (1 << index bytes). For UINT/INT the field is the value,
+## for FIXEXT there is no field (the width is the data size), for the others it is a length.
+const FAMILIES := [
+	[0xc4, 0xc6, Kind.BIN, 0],
+	[0xc7, 0xc9, Kind.EXT, 0],
+	[0xcc, 0xcf, Kind.UINT, 0],
+	[0xd0, 0xd3, Kind.INT, 0],
+	[0xd4, 0xd8, Kind.FIXEXT, 0],
+	[0xd9, 0xdb, Kind.STR, 0],
+	[0xdc, 0xdd, Kind.ARRAY, 1],
+	[0xde, 0xdf, Kind.MAP, 1],
+]
+
+
 static func _read(buf: PackedByteArray, st: Dictionary):
 	if not _need(buf, st, 1):
 		return null
@@ -195,11 +182,11 @@ static func _read(buf: PackedByteArray, st: Dictionary):
 	if t >= 0xe0:
 		return t - 256
 	if (t & 0xf0) == 0x80:
-		return _map(buf, st, t & 0x0f)
+		return _sized(buf, st, Kind.MAP, t & 0x0f)
 	if (t & 0xf0) == 0x90:
-		return _array(buf, st, t & 0x0f)
+		return _sized(buf, st, Kind.ARRAY, t & 0x0f)
 	if (t & 0xe0) == 0xa0:
-		return _bytes(buf, st, t & 0x1f).get_string_from_utf8()
+		return _sized(buf, st, Kind.STR, t & 0x1f)
 	match t:
 		0xc0:
 			return null
@@ -207,64 +194,39 @@ static func _read(buf: PackedByteArray, st: Dictionary):
 			return false
 		0xc3:
 			return true
-		0xc4:
-			return _bytes(buf, st, _uint(buf, st, 1))
-		0xc5:
-			return _bytes(buf, st, _uint(buf, st, 2))
-		0xc6:
-			return _bytes(buf, st, _uint(buf, st, 4))
-		0xc7:
-			return _ext(buf, st, _uint(buf, st, 1))
-		0xc8:
-			return _ext(buf, st, _uint(buf, st, 2))
-		0xc9:
-			return _ext(buf, st, _uint(buf, st, 4))
 		0xca:
 			return _float(buf, st, 4)
 		0xcb:
 			return _float(buf, st, 8)
-		0xcc:
-			return _uint(buf, st, 1)
-		0xcd:
-			return _uint(buf, st, 2)
-		0xce:
-			return _uint(buf, st, 4)
-		0xcf:
-			return _uint(buf, st, 8)
-		0xd0:
-			return _sint(buf, st, 1)
-		0xd1:
-			return _sint(buf, st, 2)
-		0xd2:
-			return _sint(buf, st, 4)
-		0xd3:
-			return _sint(buf, st, 8)
-		0xd4:
-			return _ext(buf, st, 1)
-		0xd5:
-			return _ext(buf, st, 2)
-		0xd6:
-			return _ext(buf, st, 4)
-		0xd7:
-			return _ext(buf, st, 8)
-		0xd8:
-			return _ext(buf, st, 16)
-		0xd9:
-			return _bytes(buf, st, _uint(buf, st, 1)).get_string_from_utf8()
-		0xda:
-			return _bytes(buf, st, _uint(buf, st, 2)).get_string_from_utf8()
-		0xdb:
-			return _bytes(buf, st, _uint(buf, st, 4)).get_string_from_utf8()
-		0xdc:
-			return _array(buf, st, _uint(buf, st, 2))
-		0xdd:
-			return _array(buf, st, _uint(buf, st, 4))
-		0xde:
-			return _map(buf, st, _uint(buf, st, 2))
-		0xdf:
-			return _map(buf, st, _uint(buf, st, 4))
+	for f in FAMILIES:
+		if t >= f[0] and t <= f[1]:
+			var width: int = 1 << (f[3] + t - f[0])
+			match f[2]:
+				Kind.UINT:
+					return _uint(buf, st, width)
+				Kind.INT:
+					return _sint(buf, st, width)
+				Kind.FIXEXT:
+					return _ext(buf, st, width)
+				_:
+					return _sized(buf, st, f[2], _uint(buf, st, width))
 	st.err = "invalid msgpack type byte 0x%02x" % t
 	return null
+
+
+## A value of n items (bytes for BIN/STR/EXT, elements for ARRAY, pairs for MAP).
+static func _sized(buf: PackedByteArray, st: Dictionary, kind: int, n: int):
+	match kind:
+		Kind.BIN:
+			return _bytes(buf, st, n)
+		Kind.STR:
+			return _bytes(buf, st, n).get_string_from_utf8()
+		Kind.EXT:
+			return _ext(buf, st, n)
+		Kind.ARRAY:
+			return _container(buf, st, n, false)
+		_:
+			return _container(buf, st, n, true)
 
 
 static func _ext(buf: PackedByteArray, st: Dictionary, n: int):
@@ -277,35 +239,26 @@ static func _ext(buf: PackedByteArray, st: Dictionary, n: int):
 	return {"ext": type, "data": _bytes(buf, st, n)}
 
 
-static func _array(buf: PackedByteArray, st: Dictionary, n: int):
+## An array of n elements, or (is_map) a map of n key/value pairs.
+static func _container(buf: PackedByteArray, st: Dictionary, n: int, is_map: bool):
 	st.depth += 1
 	if st.depth > MAX_DEPTH:
 		st.err = "msgpack nesting too deep"
 		return null
 	if not _need(buf, st, n):  # every element takes at least one byte
 		return null
-	var a := []
-	for i in n:
-		a.append(_read(buf, st))
-		if st.err != "":
-			return null
-	st.depth -= 1
-	return a
-
-
-static func _map(buf: PackedByteArray, st: Dictionary, n: int):
-	st.depth += 1
-	if st.depth > MAX_DEPTH:
-		st.err = "msgpack nesting too deep"
-		return null
-	if not _need(buf, st, n):
-		return null
-	var d := {}
+	var out = []
+	if is_map:
+		out = {}
 	for i in n:
 		var k = _read(buf, st)
-		var v = _read(buf, st)
+		if is_map:
+			var v = _read(buf, st)
+			if st.err == "":
+				out[k] = v
+		else:
+			out.append(k)
 		if st.err != "":
 			return null
-		d[k] = v
 	st.depth -= 1
-	return d
+	return out
