@@ -28,6 +28,7 @@ import msgpack
 import pytest
 import zmq
 from conftest import ServeProcess
+from msgpack_samples import decode_sample, encoded_by_client
 
 REPO = Path(__file__).resolve().parents[1]
 UNITY = REPO / "clients" / "unity"
@@ -61,6 +62,24 @@ def Daemon(control: str, frames: str, log: Path) -> ServeProcess:  # noqa: N802 
                         control=control, frames=frames, log=log, start=False)
 
 
+def read_lines(proc: subprocess.Popen, on_line, kill_after: float = 150) -> tuple[int, list[str]]:
+    """Reads a client test program's stdout line by line (on_line(line) reacts to each, e.g. by
+    restarting the daemon), killing it after kill_after seconds. Returns (exit code, lines)."""
+    out: list[str] = []
+    timer = threading.Timer(kill_after, proc.kill)
+    timer.start()
+    try:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            out.append(line)
+            on_line(line)
+        return proc.wait(30), out
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.fixture
 def daemon(tmp_path):
     d = Daemon(f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}", tmp_path / "daemon.log")
@@ -76,26 +95,7 @@ def test_csharp_console_client(tmp_path, daemon):
     _compile(exe, sorted((UNITY / "Runtime" / "Core").glob("*.cs")) + [UNITY / "Tests~" / "ConsoleTest.cs"])
     compile_s = time.monotonic() - t0
 
-    sample = {
-        "u8": 200,
-        "u16": 60000,
-        "u32": 4000000000,
-        "u64": 2**63 + 5,
-        "i8": -100,
-        "i16": -30000,
-        "i32": -2000000000,
-        "i64": -(2**40),
-        "fix": 5,
-        "nfix": -3,
-        "f64": 0.1,
-        "t": True,
-        "f": False,
-        "n": None,
-        "s": "héllo",
-        "b": b"\x00\x01\xff",
-        "a": [1, [2, {"x": "y"}]],
-        "m": {"k": 1.5},
-    }
+    sample = decode_sample(u64=2**63 + 5, fix=5)  # uint64 above 2**63: C# has ulong
     packed = msgpack.packb(sample)
     assert packed[0] == 0xDE  # map16
     jpeg_out = tmp_path / "frame.jpg"
@@ -122,26 +122,18 @@ def test_csharp_console_client(tmp_path, daemon):
     )
     stderr_lines: list[str] = []
     threading.Thread(target=lambda: stderr_lines.extend(proc.stderr), daemon=True).start()
-    out: list[str] = []
-    timer = threading.Timer(150, proc.kill)
-    timer.start()
-    try:
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            out.append(line)
-            if line.startswith("READY_FOR_RESTART"):
-                daemon.kill()
-                proc.stdin.write("DOWN\n")
-                proc.stdin.flush()
-            elif line == "WAITING_UP":
-                daemon.start()
-                proc.stdin.write("UP\n")
-                proc.stdin.flush()
-        rc = proc.wait(30)
-    finally:
-        timer.cancel()
-        if proc.poll() is None:
-            proc.kill()
+
+    def on_line(line: str) -> None:
+        if line.startswith("READY_FOR_RESTART"):
+            daemon.kill()
+            proc.stdin.write("DOWN\n")
+            proc.stdin.flush()
+        elif line == "WAITING_UP":
+            daemon.start()
+            proc.stdin.write("UP\n")
+            proc.stdin.flush()
+
+    rc, out = read_lines(proc, on_line)
     text = "\n".join(out)
     diag = f"stdout:\n{text}\nstderr (last 40):\n{''.join(stderr_lines[-40:])}"
     assert rc == 0 and "ALL_OK" in out, diag
@@ -192,18 +184,7 @@ def test_csharp_console_client(tmp_path, daemon):
     ]:
         assert frag in decoded, f"{frag!r} not in {decoded}"
     enc = bytes.fromhex(next(line for line in out if line.startswith("MSGPACK_ENCODED ")).split()[1])
-    assert msgpack.unpackb(enc) == {
-        "op": "prompt",
-        "id": 7,
-        "neg": -100000,
-        "big": 1 << 40,
-        "f32": 0.25,
-        "f64": 3.5,
-        "nil": None,
-        "yes": True,
-        "bin": b"\x00\xff",
-        "arr": [1, "two", 3.0],
-    }
+    assert msgpack.unpackb(enc) == encoded_by_client(f32=0.25)
 
     # The saved frame is a real JPEG of the requested size (decoded here with simplejpeg).
     import simplejpeg

@@ -27,6 +27,8 @@ from pathlib import Path
 import msgpack
 import pytest
 from conftest import ServeProcess
+from msgpack_samples import decode_sample, encoded_by_client
+from test_csharp_client import heartbeat_publisher, read_lines
 
 REPO = Path(__file__).resolve().parents[1]
 ADDON = REPO / "clients" / "godot" / "addons" / "sfbridge"
@@ -104,76 +106,45 @@ def _make_project(tmp: Path) -> Path:
     return proj
 
 
+def _godot_cmd(proj: Path, *user_args: str, script: str | None = "res://test_client.gd") -> list[str]:
+    """Headless Godot in project proj running script (tests/godot/test_client.gd by default; None:
+    the project's main scene), with user_args after `--`."""
+    cmd = [str(TOOLS / "godot.sh"), "--headless", "--path", str(proj)]
+    if script is not None:
+        cmd += ["--script", script]
+    return [*cmd, "--", *user_args]
+
+
+def _godot_env(tmp: Path) -> dict[str, str]:
+    return {**os.environ, "SFBRIDGE_GODOT_ROOT": str(GODOT_ROOT), "HOME": str(tmp)}
+
+
 def test_godot_client_headless(tmp_path):
     _ensure_godot()
     daemon = Daemon(f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}", tmp_path / "daemon.log")
     daemon.start()
-    sample = {
-        "u8": 200,
-        "u16": 60000,
-        "u32": 4000000000,
-        "u64": 2**62 + 5,
-        "i8": -100,
-        "i16": -30000,
-        "i32": -2000000000,
-        "i64": -(2**40),
-        "nfix": -3,
-        "f32": 0.5,
-        "f64": 0.1,
-        "t": True,
-        "f": False,
-        "n": None,
-        "s": "héllo",
-        "b": b"\x00\x01\xff",
-        "a": [1, [2, {"x": "y"}]],
-        "m": {"k": 1.5},
-        "long": "z" * 300,
-    }
+    # GDScript ints are signed 64-bit: no uint64 above 2**63-1 here.
+    sample = decode_sample(u64=2**62 + 5, f32=0.5, long="z" * 300)
     packed = msgpack.packb(sample)
     f32 = msgpack.packb(0.5, use_single_float=True)
     packed = packed.replace(msgpack.packb(0.5), f32, 1)  # make "f32" a real float32
     proj = _make_project(tmp_path)
-    env = {**os.environ, "SFBRIDGE_GODOT_ROOT": str(GODOT_ROOT), "HOME": str(tmp_path)}
-    cmd = [
-        str(TOOLS / "godot.sh"),
-        "--headless",
-        "--path",
-        str(proj),
-        "--script",
-        "res://test_client.gd",
-        "--",
-        "--control",
-        daemon.control,
-        "--frames",
-        daemon.frames,
-        "--width",
-        str(W),
-        "--height",
-        str(H),
-        "--msgpack-hex",
-        packed.hex(),
-        "--restart",
-        "--save-png",
-        str(tmp_path / "godot-frame.png"),
-    ]
+    env = _godot_env(tmp_path)
+    cmd = _godot_cmd(proj, "--control", daemon.control, "--frames", daemon.frames, "--width", str(W),
+                     "--height", str(H), "--msgpack-hex", packed.hex(), "--restart",
+                     "--save-png", str(tmp_path / "godot-frame.png"))
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
-    timer = threading.Timer(150, proc.kill)
-    timer.start()
-    out: list[str] = []
+
+    def on_line(line: str) -> None:
+        if line.startswith("READY_FOR_RESTART"):
+            daemon.kill()
+            time.sleep(0.5)
+            daemon.start()
+
     try:
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            out.append(line)
-            if line.startswith("READY_FOR_RESTART"):
-                daemon.kill()
-                time.sleep(0.5)
-                daemon.start()
-        rc = proc.wait(30)
+        rc, out = read_lines(proc, on_line)
     finally:
-        timer.cancel()
-        if proc.poll() is None:
-            proc.kill()
         daemon.stop()
     text = "\n".join(out)
     wall = time.monotonic() - t0
@@ -193,20 +164,7 @@ def test_godot_client_headless(tmp_path):
     assert not [line for line in out if "SCRIPT ERROR" in line or "Parse Error" in line], text[-6000:]
 
     enc = bytes.fromhex(next(line for line in out if line.startswith("MSGPACK_ENCODED ")).split()[1])
-    assert msgpack.unpackb(enc) == {
-        "op": "prompt",
-        "id": 7,
-        "neg": -100000,
-        "big": 1 << 40,
-        "f64": 3.5,
-        "nil": None,
-        "yes": True,
-        "bin": b"\x00\xff",
-        "arr": [1, "two", 3.0],
-        "s300": "y" * 300,
-        "i8": -100,
-        "u16": 60000,
-    }
+    assert msgpack.unpackb(enc) == encoded_by_client(s300="y" * 300, i8=-100, u16=60000)
     # The image the addon decoded (Image.load_jpg_from_buffer), saved by Godot as PNG.
     png = (tmp_path / "godot-frame.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -228,20 +186,8 @@ def test_godot_example_scene(tmp_path):
     )
     daemon = Daemon(f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}", tmp_path / "daemon.log")
     daemon.start()
-    env = {**os.environ, "SFBRIDGE_GODOT_ROOT": str(GODOT_ROOT), "HOME": str(tmp_path)}
-    cmd = [
-        str(TOOLS / "godot.sh"),
-        "--headless",
-        "--path",
-        str(proj),
-        "--",
-        "--control",
-        daemon.control,
-        "--frames",
-        daemon.frames,
-        "--smoke-test",
-        "10",
-    ]
+    env = _godot_env(tmp_path)
+    cmd = _godot_cmd(proj, "--control", daemon.control, "--frames", daemon.frames, "--smoke-test", "10", script=None)
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     finally:
@@ -254,7 +200,6 @@ def test_godot_example_scene(tmp_path):
 def test_godot_answers_zmtp_ping(tmp_path):
     """The GDScript ZMTP code answers libzmq's PING with PONG (heartbeating peers keep the link)."""
     _ensure_godot()
-    from test_csharp_client import heartbeat_publisher
 
     holder: list[str] = []
     stop, ready = threading.Event(), threading.Event()
@@ -262,20 +207,8 @@ def test_godot_answers_zmtp_ping(tmp_path):
     t.start()
     assert ready.wait(5)
     proj = _make_project(tmp_path)
-    env = {**os.environ, "SFBRIDGE_GODOT_ROOT": str(GODOT_ROOT), "HOME": str(tmp_path)}
-    cmd = [
-        str(TOOLS / "godot.sh"),
-        "--headless",
-        "--path",
-        str(proj),
-        "--script",
-        "res://test_client.gd",
-        "--",
-        "--frames",
-        holder[0],
-        "--heartbeat-seconds",
-        "4",
-    ]
+    env = _godot_env(tmp_path)
+    cmd = _godot_cmd(proj, "--frames", holder[0], "--heartbeat-seconds", "4")
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
     finally:
@@ -306,10 +239,9 @@ def test_godot_gives_up_on_a_silent_handshake(tmp_path):
     t = threading.Thread(target=accept_silently, daemon=True)
     t.start()
     proj = _make_project(tmp_path)
-    env = {**os.environ, "SFBRIDGE_GODOT_ROOT": str(GODOT_ROOT), "HOME": str(tmp_path)}
+    env = _godot_env(tmp_path)
     frames = f"tcp://127.0.0.1:{srv.getsockname()[1]}"
-    cmd = [str(TOOLS / "godot.sh"), "--headless", "--path", str(proj), "--script", "res://test_client.gd", "--",
-           "--frames", frames, "--heartbeat-seconds", "5"]
+    cmd = _godot_cmd(proj, "--frames", frames, "--heartbeat-seconds", "5")
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
     finally:
@@ -322,4 +254,41 @@ def test_godot_gives_up_on_a_silent_handshake(tmp_path):
     # the heartbeat phase expects frames, so it fails here; what matters is that it reconnected
     assert "heartbeat: frames 0 connects 0" in out, out[-4000:]
     assert len(accepted) >= 2, (len(accepted), out[-4000:])
+    assert "SCRIPT ERROR" not in out and "Parse Error" not in out, out[-4000:]
+
+
+def test_godot_control_retry_keeps_full_timeout(tmp_path):
+    """A control peer that reads requests and never answers: each of the 3 attempts waits its whole
+    2 s timeout on a fresh connection, the 250 ms pause before a retry not taken out of it
+    (PROTOCOL.md 1.2)."""
+    _ensure_godot()
+    import zmq
+
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    peers: set[bytes] = set()
+    stop = threading.Event()
+
+    def swallow() -> None:
+        while not stop.is_set():
+            if router.poll(100):
+                peers.add(router.recv_multipart()[0])  # never answered
+
+    t = threading.Thread(target=swallow, daemon=True)
+    t.start()
+    proj = _make_project(tmp_path)
+    cmd = _godot_cmd(proj, "--control", f"tcp://127.0.0.1:{port}", "--frames", f"tcp://127.0.0.1:{_free_port()}",
+                     "--retry-timing")
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=_godot_env(tmp_path), timeout=90)
+    finally:
+        stop.set()
+        t.join(5)
+        router.close()
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "OK retry_timing" in out and "ALL_OK" in out, out[-4000:]
+    assert len(peers) == 3, (peers, out[-4000:])  # Lazy Pirate: a new connection per attempt
     assert "SCRIPT ERROR" not in out and "Parse Error" not in out, out[-4000:]

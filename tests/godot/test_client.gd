@@ -3,6 +3,8 @@
 ##   godot --headless --path PROJECT --script res://test_client.gd -- \
 ##         --control tcp://127.0.0.1:P1 --frames tcp://127.0.0.1:P2 --width 160 --height 96 \
 ##         --msgpack-hex HEX [--restart]
+## Other modes: --heartbeat-seconds N (frames from a heartbeating XPUB) and --retry-timing
+## (--control at a peer that never answers: times one request's attempts).
 ## Prints "OK <check> ..." lines, "READY_FOR_RESTART" (the pytest then kills and restarts the
 ## daemon on the same ports), and finally "ALL_OK" (exit 0) or "FAIL <reason>" (exit 1).
 extends SceneTree
@@ -30,6 +32,9 @@ var old_stream := ""
 var status_map := {}
 var width := 0
 var height := 0
+var retry_req := -1
+var retry_sent_ms := 0
+var retry_failed_ms := -1
 
 
 func _initialize() -> void:
@@ -47,6 +52,15 @@ func _initialize() -> void:
 	if args.has("heartbeat-seconds"):
 		phase = "heartbeat"
 		jpeg = make_stream("jpeg")
+		return
+	if args.has("retry-timing"):
+		phase = "retry_timing"
+		jpeg = make_stream("jpeg")
+		jpeg.request_failed.connect(func(id, op, code, message):
+			failures[id] = code
+			retry_failed_ms = Time.get_ticks_msec())
+		retry_sent_ms = Time.get_ticks_msec()
+		retry_req = jpeg.ping()
 		return
 	msgpack_checks()
 	rect = TextureRect.new()
@@ -164,6 +178,19 @@ func _process(delta: float) -> bool:
 						"heartbeat: frames %d connects %d" % [jpeg.frames_received, jpeg.connects]):
 					say("OK heartbeat frames=%d connects=%d" % [jpeg.frames_received, jpeg.connects])
 					goto("finish")
+		"retry_timing":
+			# The control peer never answers: every attempt must wait its full timeout, the
+			# pause before a retry coming on top of it (PROTOCOL.md 1.2).
+			if retry_failed_ms >= 0:
+				var took := retry_failed_ms - retry_sent_ms
+				var least: int = jpeg.request_attempts * jpeg.request_timeout_ms \
+					+ (jpeg.request_attempts - 1) * StreamScript.RETRY_PAUSE_MS
+				if check(failures.get(retry_req) == "timeout", "retry timing: failure %s" % failures) \
+						and check(took >= least, "retry timing: gave up after %d ms, expected >= %d" % [took, least]):
+					say("OK retry_timing took_ms=%d least_ms=%d attempts=%d" % [took, least, jpeg.request_attempts])
+					goto("finish")
+			elif in_phase > 30:
+				fail("retry timing: no request_failed after 30 s")
 		"frames":
 			if jpeg_headers.size() >= 5 and rgb_frames >= 3:
 				var seqs := jpeg_headers.map(func(h): return int(h.seq))

@@ -12,6 +12,8 @@ extends Node
 const MsgPack := preload("msgpack.gd")
 const Zmtp := preload("zmtp.gd")
 const PROTOCOL_VERSION := 1
+## Pause before a retry, on top of each attempt's request_timeout_ms.
+const RETRY_PAUSE_MS := 250
 
 enum ConnectionState { DISCONNECTED, CONNECTING, CONNECTED }
 
@@ -398,6 +400,7 @@ func _poll_control() -> void:
 		if now >= _inflight.retry_at:
 			_control = Zmtp.new()
 			_control.open(_control_host, _control_port, "DEALER", request_timeout_ms)
+			_inflight.deadline = now + request_timeout_ms  # the attempt's clock starts here
 		else:
 			return
 	var messages: Array = _control.poll()
@@ -425,16 +428,19 @@ func _poll_control() -> void:
 				"sfbridge daemon did not answer '%s' at %s after %d attempts (is `sfbridge serve` running?)"
 				% [r.op, control_endpoint, request_attempts])
 		else:
-			_start_attempt()
 			# A refused connection fails at once: give a restarting daemon a moment.
-			_inflight.retry_at = now + 250
+			_start_attempt(RETRY_PAUSE_MS)
 
 
-func _start_attempt() -> void:
+## Next attempt of the request in flight, its socket opened after delay_ms. The attempt's reply
+## timeout starts when that socket is opened, so the pause before a retry does not shorten it:
+## every attempt gets the full request_timeout_ms (PROTOCOL.md 1.2).
+func _start_attempt(delay_ms := 0) -> void:
+	var now := Time.get_ticks_msec()
 	_inflight.attempt += 1
 	_inflight.sent = false
-	_inflight.deadline = Time.get_ticks_msec() + request_timeout_ms
-	_inflight.retry_at = 0
+	_inflight.retry_at = now + delay_ms
+	_inflight.deadline = _inflight.retry_at + request_timeout_ms
 
 
 func _finish(rep: Dictionary) -> void:
