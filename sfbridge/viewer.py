@@ -505,9 +505,11 @@ def _draw_overlay(pygame: Any, screen: Any, font: Any, s: ViewerState, fps_recv:
     width = max(font.size(line)[0] for line in lines) + 12
     panel = pygame.Surface((min(width, screen.get_width()), line_h * len(lines) + 8), pygame.SRCALPHA)
     panel.fill((0, 0, 0, 150))
-    screen.blit(panel, (0, 0))
+    # Bottom left, above the prompt box's row: streams (testsrc included) put their own text at the top.
+    top = max(0, screen.get_height() - panel.get_height() - (line_h + 16))
+    screen.blit(panel, (0, top))
     for i, line in enumerate(lines):
-        screen.blit(font.render(line, True, (255, 255, 255)), (6, 4 + i * line_h))
+        screen.blit(font.render(line, True, (255, 255, 255)), (6, top + 4 + i * line_h))
 
 
 def _draw_textbox(pygame: Any, screen: Any, font: Any, s: ViewerState) -> None:
