@@ -20,8 +20,10 @@ from sfbridge.client import (
     REQUEST_TIMEOUT_S,
     DaemonUnavailable,
     Frame,
-    RequestError,
+    FrameKey,
     decode_frame,
+    reply_result,
+    unavailable,
 )
 from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES, EVENT_TOPIC, FRAME_FORMATS, pack, unpack
 
@@ -56,16 +58,11 @@ class AsyncClient:
             sock = self._socket()
             await sock.send(body)
             while await sock.poll(int(self.timeout * 1000), zmq.POLLIN):
-                reply = unpack(await sock.recv())
-                if not isinstance(reply, dict) or reply.get("id") not in (rid, None):
-                    continue  # a late reply to an earlier, timed-out request
-                if reply.get("ok"):
-                    return reply.get("result") or {}
-                err = reply.get("error") or {}
-                raise RequestError(str(err.get("code", "internal")), str(err.get("message", "")))
+                result = reply_result(unpack(await sock.recv()), rid)
+                if result is not None:
+                    return result
             self._drop_socket()
-        raise DaemonUnavailable(f"no reply from sfbridge daemon at {self.control_endpoint} after "
-                                f"{self.retries} tries of {self.timeout:.1f} s (is `sfbridge serve` running?)")
+        raise unavailable(self.control_endpoint, self.retries, self.timeout)
 
     async def status(self) -> dict:
         return await self.request("status")
@@ -95,7 +92,7 @@ class AsyncClient:
         sock.setsockopt(zmq.RCVHWM, 4)
         sock.setsockopt(zmq.SUBSCRIBE, format.encode())
         sock.connect(self.frames_endpoint)
-        last: tuple[Any, int] | None = None
+        seen = FrameKey()
         try:
             while True:
                 if not await sock.poll(None if timeout is None else int(timeout * 1000), zmq.POLLIN):
@@ -110,10 +107,8 @@ class AsyncClient:
                 if len(msg) < 3 or msg[0] == EVENT_TOPIC.encode():
                     continue
                 header = unpack(msg[1])
-                key = (header.get("stream"), header.get("seq", -1))
-                if last is not None and key[0] == last[0] and key[1] <= last[1]:
+                if not seen.is_new(header):
                     continue
-                last = key
                 image: np.ndarray = decode_frame(header["format"], header, msg[2])
                 yield Frame(image=image, header=header, payload=msg[2])
         finally:

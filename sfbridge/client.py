@@ -67,6 +67,38 @@ class Frame:
             raise AttributeError(name) from None
 
 
+def reply_result(reply: Any, rid: int) -> dict | None:
+    """``result`` of a reply to request ``rid``; None for a stale reply (to an earlier, timed-out
+    request) that the caller skips; raises :class:`RequestError` for an error reply."""
+    if not isinstance(reply, dict) or reply.get("id") not in (rid, None):
+        return None
+    if reply.get("v") != PROTOCOL_VERSION:
+        log.warning("daemon speaks protocol %r, client %d", reply.get("v"), PROTOCOL_VERSION)
+    if reply.get("ok"):
+        return reply.get("result") or {}
+    err = reply.get("error") or {}
+    raise RequestError(str(err.get("code", "internal")), str(err.get("message", "")))
+
+
+def unavailable(endpoint: str, retries: int, timeout: float) -> DaemonUnavailable:
+    return DaemonUnavailable(f"no reply from sfbridge daemon at {endpoint} after {retries} tries of "
+                             f"{timeout:.1f} s (is `sfbridge serve` running?)")
+
+
+class FrameKey:
+    """Drops repeated frames (last-value re-sends): same ``stream`` and ``seq`` at or below the last one."""
+
+    def __init__(self) -> None:
+        self.last: tuple[Any, int] | None = None
+
+    def is_new(self, header: dict) -> bool:
+        key = (header.get("stream"), header.get("seq", -1))
+        if self.last is not None and key[0] == self.last[0] and key[1] <= self.last[1]:
+            return False
+        self.last = key
+        return True
+
+
 def decode_frame(fmt: str, header: dict, payload: bytes) -> np.ndarray:
     if fmt == "jpeg":
         return decode_jpeg(payload)
@@ -116,20 +148,12 @@ class Client:
             sock.send(body)
             deadline_ms = int(self.timeout * 1000)
             while sock.poll(deadline_ms, zmq.POLLIN):
-                reply = unpack(sock.recv())
-                if not isinstance(reply, dict) or reply.get("id") not in (rid, None):
-                    continue  # a late reply to an earlier, timed-out request
-                if reply.get("v") != PROTOCOL_VERSION:
-                    log.warning("daemon speaks protocol %r, client %d", reply.get("v"), PROTOCOL_VERSION)
-                if reply.get("ok"):
-                    return reply.get("result") or {}
-                err = reply.get("error") or {}
-                raise RequestError(str(err.get("code", "internal")), str(err.get("message", "")))
+                result = reply_result(unpack(sock.recv()), rid)
+                if result is not None:
+                    return result
             log.info("no reply to %r from %s (attempt %d/%d)", op, self.control_endpoint, attempt, self.retries)
             self._drop_socket()
-        raise DaemonUnavailable(
-            f"no reply from sfbridge daemon at {self.control_endpoint} after {self.retries} tries of "
-            f"{self.timeout:.1f} s (is `sfbridge serve` running?)")
+        raise unavailable(self.control_endpoint, self.retries, self.timeout)
 
     def ping(self) -> dict:
         return self.request("ping")
@@ -180,7 +204,7 @@ class Client:
         if events:
             sock.setsockopt(zmq.SUBSCRIBE, EVENT_TOPIC.encode())
         sock.connect(self.frames_endpoint)
-        last_seq: tuple[str, int] | None = None
+        seen = FrameKey()
         wait_ms = None if timeout is None else int(timeout * 1000)
         try:
             while True:
@@ -202,10 +226,8 @@ class Client:
                         if events:
                             yield header
                         continue
-                    key = (header.get("stream"), header.get("seq", -1))
-                    if last_seq is not None and key[0] == last_seq[0] and key[1] <= last_seq[1]:
+                    if not seen.is_new(header):
                         continue
-                    last_seq = key
                     image = decode_frame(header["format"], header, payload) if decode else np.empty(0)
                     yield Frame(image=image, header=header, payload=payload)
         finally:

@@ -181,23 +181,14 @@ class Daemon:
                 "state_id": s.state_id, "block": self.box.next_block, "paused": self.box.paused}
 
     def status(self) -> dict:
-        s = self.box.peek()
         desc = self.description
+        steps = self.box.peek().denoising_steps
         return {
             **desc,
+            **self.state_info(),
             "protocol": PROTOCOL_VERSION,
             "version": __version__,
-            "model": self.generator.name,
-            "width": self.generator.width,
-            "height": self.generator.height,
-            "fps": self.generator.fps,
-            "prompt": s.prompt,
-            "seed": s.seed,
-            "state_id": s.state_id,
-            "steps": list(s.denoising_steps) if s.denoising_steps else None,
-            "stream": self.box.stream,
-            "block": self.box.next_block,
-            "paused": self.box.paused,
+            "steps": list(steps) if steps else None,
             "uptime": time.time() - self.started,
             "formats": list(FRAME_FORMATS),
             "jpeg_quality": self.config.jpeg_quality,

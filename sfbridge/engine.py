@@ -60,7 +60,7 @@ class Engine:
         self.outbox = outbox
         self.events = events
         self.max_ahead = max_ahead
-        self.on_output = on_output  # wakes the publisher at once (it also polls, so this is only latency)
+        self.on_output = on_output  # wakes the publisher at once (new block or event)
         self.stats = stats or EngineStats()
         self._seq = 0
         self._was_paused = False
@@ -91,12 +91,16 @@ class Engine:
                 self._step(snap)
         except BaseException:  # pragma: no cover - last line of defence, logged for the operator
             log.exception("engine thread died")
-            self.events.put(make_event("error", code="internal", message="engine thread died"))
+            self._emit(make_event("error", code="internal", message="engine thread died"))
         finally:
             try:
                 self.generator.close()
             except Exception:
                 log.exception("generator close failed")
+
+    def _emit(self, event: dict) -> None:
+        self.events.put(event)
+        self.on_output()  # the publisher sends it now, not at its next poll timeout
 
     def _check(self, frames: np.ndarray) -> None:
         """The publisher and every client rely on this: [N, H, W, 3] uint8 at the advertised size."""
@@ -110,7 +114,7 @@ class Engine:
         if self.box.paused != self._was_paused:
             self._was_paused = self.box.paused
             kind = "paused" if self.box.paused else "resumed"
-            self.events.put(make_event(kind, block=self.box.next_block))
+            self._emit(make_event(kind, block=self.box.next_block))
             log.info("%s at block %d", kind, self.box.next_block)
 
     def _step(self, snap: Snapshot) -> None:
@@ -119,7 +123,7 @@ class Engine:
         try:
             if snap.reset:
                 self.generator.reset(s)
-                self.events.put(make_event("started", stream=snap.stream, model=self.generator.name,
+                self._emit(make_event("started", stream=snap.stream, model=self.generator.name,
                                            width=self.generator.width, height=self.generator.height,
                                            fps=self.generator.fps, prompt=s.prompt, seed=s.seed,
                                            state_id=s.state_id))
@@ -130,7 +134,7 @@ class Engine:
         except Exception as exc:
             self.stats.errors += 1
             log.exception("generator failed on block %d", snap.block)
-            self.events.put(make_event("error", code="internal",
+            self._emit(make_event("error", code="internal",
                                        message=f"generator failed on block {snap.block}: {exc}"))
             # A failure can leave caches half-written: start a new scene after a pause.
             with self.box.cond:
@@ -140,7 +144,7 @@ class Engine:
         gen_s = time.perf_counter() - t0
         n = len(out.frames)
         for change in snap.changes:
-            self.events.put(make_event("applied", state_id=s.state_id, block=snap.block, prompt=s.prompt,
+            self._emit(make_event("applied", state_id=s.state_id, block=snap.block, prompt=s.prompt,
                                        seed=s.seed, transition=s.transition, change=change))
         self.outbox.put(BlockOut(frames=out.frames, block=snap.block, first_frame=out.first_frame,
                                  first_seq=self._seq, state=s.state_id, stream=snap.stream,

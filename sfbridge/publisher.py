@@ -33,12 +33,9 @@ SNDBUF_BYTES = 1 << 16
 
 @dataclass
 class PublisherStats:
-    fps_out: float = 0.0
-    encode_ms: dict[str, float] = field(default_factory=dict)
     subscribers: dict[str, int] = field(default_factory=dict)
     frames_published: int = 0
     dropped_blocks: int = 0
-    queue_blocks: int = 0
 
 
 class Publisher:
@@ -54,7 +51,6 @@ class Publisher:
         self.notify_engine = notify_engine
         self.state_info = state_info  # -> keys of the `state` event (docs/PROTOCOL.md 3.2)
         self.stats = PublisherStats()
-        self.last_stats: dict = {}  # refreshed by the publisher thread; read by `status`
         self.stop_event = threading.Event()
         self._subs: dict[bytes, int] = defaultdict(int)
         self._last: tuple[np.ndarray, dict] | None = None  # last raw frame and its header
@@ -67,7 +63,7 @@ class Publisher:
         self.sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscription: we count them
         self.sock.bind(endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.last_stats = self.stats_dict()
+        self.last_rates = self._rates()  # refreshed by the publisher thread each period; read by `status`
         # A self-pipe the engine writes one byte to per block: the poll below wakes at once instead
         # of on its next timeout (worth ~5 ms per block with --pace off).
         self._wake_r, self._wake_w = os.pipe()
@@ -180,8 +176,8 @@ class Publisher:
             now = time.monotonic()
             if blk is not None and pos < len(blk.frames):
                 timeout_ms = max(0.0, (next_due - now) * 1000)
-            else:
-                timeout_ms = 5.0
+            else:  # idle: the engine wakes us through the pipe when it has output
+                timeout_ms = 50.0
             timeout_ms = min(timeout_ms, 50.0, max(0.0, (next_stats - now) * 1000))
             ready = dict(poller.poll(timeout_ms))
             if self._wake_r in ready:
@@ -219,8 +215,8 @@ class Publisher:
                     next_due = now
             if now >= next_stats:
                 next_stats = now + STATS_PERIOD_S
-                self.last_stats = self.stats_dict()
-                self._send_event(make_event("stats", **self.last_stats))
+                self.last_rates = self._rates()
+                self._send_event(make_event("stats", **self.snapshot()))
 
     def _next_block(self) -> BlockOut | None:
         while True:
@@ -234,26 +230,20 @@ class Publisher:
             self.stats.dropped_blocks += 1
 
     def snapshot(self) -> dict:
-        """Stats for ``status`` (any thread): rates from the last period, counters live."""
+        """The stats map (docs/PROTOCOL.md 3.3), from any thread: rates of the last period, counters live."""
         es = self.engine_stats
-        return {**self.last_stats, "subscribers": dict(self.stats.subscribers), "queue_blocks": self.outbox.qsize(),
+        return {**self.last_rates, "subscribers": dict(self.stats.subscribers), "queue_blocks": self.outbox.qsize(),
                 "frames_total": es.frames_total, "frames_published": self.stats.frames_published,
                 "dropped_blocks": self.stats.dropped_blocks, "errors": es.errors}
 
-    def stats_dict(self) -> dict:
+    def _rates(self) -> dict:
+        """Rates over the last period (publisher thread: it trims the window of publish times)."""
         now = time.monotonic()
         self._published_times = [t for t in self._published_times if now - t <= STATS_PERIOD_S]
-        self.stats.fps_out = len(self._published_times) / STATS_PERIOD_S
         es = self.engine_stats
         return {
-            "fps_out": self.stats.fps_out,
+            "fps_out": len(self._published_times) / STATS_PERIOD_S,
             "fps_gen": round(es.fps_gen, 3),
             "block_ms": round(es.block_ms, 3),
             "encode_ms": {f: round(1000 * sum(t) / len(t), 3) for f, t in list(self._enc_time.items()) if t},
-            "queue_blocks": self.outbox.qsize(),
-            "subscribers": dict(self.stats.subscribers),
-            "frames_total": es.frames_total,
-            "frames_published": self.stats.frames_published,
-            "dropped_blocks": self.stats.dropped_blocks,
-            "errors": es.errors,
         }

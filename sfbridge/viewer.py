@@ -34,7 +34,7 @@ from typing import Any
 
 import zmq
 
-from sfbridge.client import Client, DaemonUnavailable, RequestError, decode_frame
+from sfbridge.client import Client, DaemonUnavailable, FrameKey, RequestError, decode_frame
 from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES, EVENT_TOPIC, FRAME_FORMATS, unpack
 
 log = logging.getLogger("sfbridge.viewer")
@@ -79,7 +79,7 @@ class LatestFrameReceiver(threading.Thread):
         self._lock = threading.Lock()
         self._latest: ShownFrame | None = None
         self._halt = threading.Event()
-        self._last_key: tuple[Any, int] | None = None
+        self._seen = FrameKey()
 
     def take(self) -> ShownFrame | None:
         """The newest frame not taken yet, or None."""
@@ -121,10 +121,8 @@ class LatestFrameReceiver(threading.Thread):
                     if msg[0] == EVENT_TOPIC.encode():
                         self.events.put(header)
                         continue
-                    key = (header.get("stream"), int(header.get("seq", -1)))
-                    if self._last_key is not None and key[0] == self._last_key[0] and key[1] <= self._last_key[1]:
+                    if not self._seen.is_new(header):
                         continue  # the daemon's last-value re-send of a frame already seen
-                    self._last_key = key
                     self.received += 1
                     newest = (header, msg[2])
                 if newest is not None:
