@@ -1,7 +1,8 @@
 """The ``sfbridge`` command. Subcommands only parse arguments and forward to library functions.
 
-Every option also reads an ``SFBRIDGE_<NAME>`` environment variable (e.g. ``SFBRIDGE_CONTROL``,
-``SFBRIDGE_MODEL``) as its default, so a game project can pin its endpoints in one place.
+The settings a project pins once read ``SFBRIDGE_<NAME>`` environment variables as defaults:
+``CONTROL`` and ``FRAMES`` (every command), ``LOG_LEVEL``, and for ``serve`` ``MODEL``, ``PROMPT``,
+``SEED``, ``PACE``, ``MODEL_DIR``. One-off arguments (a ``reset --seed``, say) deliberately do not.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES
 
 EXIT_OK = 0
 EXIT_ERROR = 1
-EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3  # the daemon did not answer
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
