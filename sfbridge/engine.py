@@ -46,7 +46,6 @@ class EngineStats:
     block_ms: float = 0.0
     fps_gen: float = 0.0
     frames_total: int = 0
-    blocks_total: int = 0
     errors: int = 0
     recent: list[tuple[int, float]] = field(default_factory=list)  # (frames, seconds) of recent blocks
 
@@ -154,6 +153,5 @@ class Engine:
         st = self.stats
         st.block_ms = gen_s * 1000
         st.frames_total += n
-        st.blocks_total += 1
         st.recent = (st.recent + [(n, gen_s)])[-8:]
         st.fps_gen = sum(f for f, _ in st.recent) / max(1e-9, sum(t for _, t in st.recent))

@@ -44,7 +44,6 @@ class SteeringBox:
         self.stream = new_stream_id()
         self.paused = False
         self.stopping = False
-        self.current = steering  # steering of the last block the engine started
 
     # --- control thread side -----------------------------------------------------------------
 
@@ -115,5 +114,4 @@ class SteeringBox:
         snap = Snapshot(steering=self._pending, block=self._next_block, stream=self.stream, reset=reset,
                         changes=[c for c in changes if c != "reset"])
         self._next_block += 1
-        self.current = self._pending
         return snap
