@@ -29,7 +29,7 @@ from sfbridge.model.taehv import TAEHVConfig, TAEHVDecoder
 from sfbridge.model.vae import VAEConfig, WanVAEDecoder
 from sfbridge.model.weights import random_model
 
-from sfbridge.generators.self_forcing import FrameDecoder, TAEHVFrames, VAEFrames
+from sfbridge.generators.streaming import FrameDecoder, TAEHVFrames, VAEFrames
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="testsrc only: seconds per block, to simulate a slow GPU")
     p.add_argument("--model-dir", default=env("model_dir", None), help="folder with the model files")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="model precision")
-    p.add_argument("--decoder", choices=("vae", "taehv"), default=None, help="latent decoder")
+    p.add_argument("--decoder", choices=("vae", "taehv", "preview"), default=None,
+                   help="latent decoder: vae or taehv (self-forcing), vae or preview (tiny)")
     p.add_argument("--window", type=int, default=None, help="attention window in latent frames")
     p.add_argument("--sink", type=int, default=None, help="sink frames kept at the window start")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")

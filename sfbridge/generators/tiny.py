@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from sfbridge.generators.base import GeneratorError
-from sfbridge.generators.self_forcing import FrameDecoder, StreamingGenerator, VAEFrames
+from sfbridge.generators.streaming import FrameDecoder, StreamingGenerator, VAEFrames
 from sfbridge.model.config import ModelConfig, StreamConfig
 from sfbridge.model.pipeline import StreamPipeline
 from sfbridge.model.vae import VAEConfig, WanVAEDecoder

@@ -1,0 +1,159 @@
+"""The streaming core shared by ``tiny`` and ``self-forcing``: pipeline + decoder -> blocks, with steering.
+
+:class:`StreamingGenerator` applies steering at block boundaries (prompt / blend changes reset only
+the cross-attention cache, a seed change reseeds the noise, ``denoising_steps`` sets the step
+list) and turns each block's latents into uint8 frames through a :class:`FrameDecoder`; the
+subclasses only say where text embeddings come from.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from sfbridge.generators.base import NATIVE_FPS, Block, Generator, GeneratorError, Steering, blend_identity
+
+# ------------------------------------------------------------------------------------------------
+# Decoders: latents [1, F, 16, h, w] -> uint8 frames [N, H, W, 3] numpy, with a per-scene state
+
+
+class FrameDecoder:
+    """Streaming latent -> uint8 RGB decoder; ``reset`` starts a new scene (first block 9 frames)."""
+
+    name = "base"
+
+    def push(self, latents: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+
+class VAEFrames(FrameDecoder):
+    """Exact streaming Wan2.1 VAE decode (the official decoder)."""
+
+    name = "vae"
+
+    def __init__(self, vae: Any, latent_frames_per_call: int | None = 1) -> None:
+        from sfbridge.model.vae import StreamingVAEDecoder
+
+        self.stream = StreamingVAEDecoder(vae, latent_frames_per_call)
+
+    def push(self, latents: torch.Tensor) -> np.ndarray:
+        from sfbridge.model.vae import to_uint8_rgb
+
+        return to_uint8_rgb(self.stream.push(latents)).cpu().numpy()
+
+    def reset(self) -> None:
+        self.stream.reset()
+
+
+class TAEHVFrames(FrameDecoder):
+    """TAEHV (tiny autoencoder): approximate but several times faster than the VAE."""
+
+    name = "taehv"
+
+    def __init__(self, taehv: Any) -> None:
+        from sfbridge.model.taehv import StreamingTAEHV
+
+        self.stream = StreamingTAEHV(taehv)
+
+    def push(self, latents: torch.Tensor) -> np.ndarray:
+        from sfbridge.model.taehv import frames_to_uint8
+
+        return frames_to_uint8(self.stream.push(latents)).cpu().numpy()
+
+    def reset(self) -> None:
+        self.stream.reset()
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+class StreamingGenerator(Generator):
+    """Endless block stream of a :class:`StreamPipeline` + :class:`FrameDecoder`; subclasses give text embeddings."""
+
+    def __init__(self, pipe: Any, decoder: FrameDecoder, width: int, height: int, seed: int = 0,
+                 steps: tuple[float, ...] | list[float] | None = None) -> None:
+        self.pipe, self.decoder = pipe, decoder
+        self.width, self.height, self.fps = int(width), int(height), NATIVE_FPS
+        self.default_steps = tuple(float(s) for s in steps) if steps else tuple(pipe.cfg.denoising_step_list)
+        self._steps: tuple[float, ...] = ()
+        self._set_steps(self.default_steps)
+        self._text_key: tuple | None = None
+        self._blend: tuple | None = None  # identity of the running blend transition
+        self._blend_from: torch.Tensor | None = None  # conditioning the running blend started from
+        self._last_embeds: torch.Tensor | None = None  # conditioning of the last block
+        self._seed = int(seed)
+        self._frame = 0
+        self._cuda = pipe.device.type == "cuda"
+
+    # subclasses -----------------------------------------------------------------------------
+    def _embeds(self, prompt: str) -> torch.Tensor:
+        """[1, <= text_len, text_dim] embedding of ``prompt`` (should be cached by the subclass)."""
+        raise NotImplementedError
+
+    # Generator --------------------------------------------------------------------------------
+    def supports_steps(self) -> bool:
+        return True
+
+    def _set_steps(self, steps: tuple[float, ...]) -> None:
+        try:
+            self.pipe.set_steps(steps)
+        except ValueError as e:
+            raise GeneratorError(f"{self.name}: {e}") from e
+        self._steps = tuple(steps)
+
+    def _apply(self, steering: Steering) -> float:
+        """Bring prompt, seed and steps in line with ``steering`` for the next block; returns blend alpha."""
+        steps = tuple(steering.denoising_steps) if steering.denoising_steps else self.default_steps
+        if steps != self._steps:
+            self._set_steps(steps)
+        if steering.seed != self._seed:  # takes effect from this block's noise on
+            self._seed = int(steering.seed)
+            self.pipe.reseed(self._seed)
+        alpha = steering.blend_alpha(self.pipe.block_index)
+        blend = blend_identity(steering)
+        if blend != self._blend:  # a new blend starts from what the last block was conditioned on,
+            self._blend = blend  # so a blend sent while another runs continues without a jump
+            self._blend_from = self._last_embeds
+        key = (steering.prompt, blend, alpha)
+        if key != self._text_key:  # new conditioning: only the cross-attention cache is reset
+            e = self._embeds(steering.prompt)
+            if alpha < 1.0 and steering.prev_prompt is not None:
+                src = self._blend_from if self._blend_from is not None else self._embeds(steering.prev_prompt)
+                e = alpha * e + (1.0 - alpha) * src.to(e.device, e.dtype)
+            self.pipe.set_prompt_embeds(e)
+            self._text_key = key
+            self._last_embeds = e
+        return alpha
+
+    def reset(self, steering: Steering) -> None:
+        self._seed = int(steering.seed)
+        self.pipe.reset(self._seed)
+        self.decoder.reset()
+        self._text_key = None
+        self._blend, self._blend_from, self._last_embeds = None, None, None
+        self._frame = 0
+
+    def _sync(self) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
+
+    def next_block(self, steering: Steering) -> Block:
+        t0 = time.perf_counter()
+        alpha = self._apply(steering)
+        index = self.pipe.block_index
+        latents = self.pipe.next_block()  # [1, F, 16, h, w]
+        self._sync()
+        t1 = time.perf_counter()
+        frames = np.ascontiguousarray(self.decoder.push(latents))
+        t2 = time.perf_counter()
+        block = Block(frames=frames, index=index, first_frame=self._frame, state_id=steering.state_id,
+                      info={"dit_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1), "total_ms": 1e3 * (t2 - t0),
+                            "blend_alpha": alpha, "steps": list(self._steps)})
+        self._frame += len(frames)
+        return block
