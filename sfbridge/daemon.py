@@ -78,7 +78,8 @@ def build_generator(model: str, options: dict[str, Any]) -> tuple[Generator, lis
     except GeneratorError as exc:
         warning = f"{exc}; serving the test pattern instead"
         log.warning("--model auto: %s", warning)
-        return create_generator("testsrc", warnings=[warning], **options), [warning]
+        banner = "self-forcing unavailable: run `sfbridge doctor`"  # the full reason: log and status
+        return create_generator("testsrc", warnings=[warning], banner=banner, **options), [warning]
 
 
 class Daemon:

@@ -1,10 +1,13 @@
 """``testsrc``: a deterministic, GPU-free moving test pattern with the real model's block structure.
 
 Game developers build their integration against this on a laptop, so it shows everything a
-client wants to verify at a glance: the current prompt (wrapped), a frame counter, the block
-index, the seed and the steering state. Its colours are derived from the prompt text, so a
-prompt change is visible even from across the room, and a ``blend`` transition fades the
-colours over the blend blocks just like the model blends text conditioning.
+client wants to verify at a glance: the current prompt (wrapped, in any script), a frame
+counter, the block index, the seed and the steering state. Its colours follow the prompt: a
+colour word ("a red desert", "a calm blue ocean") makes that colour dominant, so an integration
+test in an engine can check from pixels alone that its prompt arrived; other prompts get a
+colour hashed from their text, so a prompt change is visible even from across the room. A
+``blend`` transition fades the colours over the blend blocks like the model blends text
+conditioning.
 
 Content is a pure function of (prompt, seed, frame number, steering), never of wall time, so
 tests can compare frames bit-exactly.
@@ -15,11 +18,11 @@ from __future__ import annotations
 import colorsys
 import hashlib
 import logging
+import re
 import time
-from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from sfbridge.generators.base import (
     BLOCK_FRAMES,
@@ -31,13 +34,53 @@ from sfbridge.generators.base import (
     Steering,
     blend_identity,
 )
+from sfbridge.generators.fonts import FontChain, chain
 
 log = logging.getLogger("sfbridge.model.testsrc")
 
 
+# Colour words and the bright colour each stands for (RGB). The pattern mixes this colour with a
+# darker shade of itself (or with a second colour word), so the named colour dominates the frame.
+COLOR_WORDS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 40, 40), "crimson": (200, 20, 50), "scarlet": (240, 35, 20), "reddish": (210, 60, 50),
+    "orange": (245, 140, 20), "amber": (240, 170, 20),
+    "yellow": (240, 220, 40), "golden": (235, 185, 40), "gold": (235, 185, 40), "yellowish": (225, 210, 70),
+    "green": (40, 190, 60), "emerald": (30, 170, 100), "lime": (140, 230, 40), "greenish": (80, 180, 90),
+    "teal": (20, 150, 150), "turquoise": (40, 210, 200), "cyan": (30, 210, 230),
+    "blue": (40, 90, 230), "azure": (40, 140, 240), "navy": (25, 35, 130), "bluish": (70, 110, 210),
+    "blueish": (70, 110, 210),
+    "purple": (140, 50, 200), "violet": (150, 80, 230), "magenta": (220, 40, 200), "purplish": (140, 80, 180),
+    "pink": (245, 130, 190), "pinkish": (230, 150, 190),
+    "brown": (130, 80, 40),
+    "white": (245, 245, 245), "silver": (195, 200, 210),
+    "grey": (128, 128, 128), "gray": (128, 128, 128),
+    "black": (25, 25, 25),
+}
+
+
+def color_words(prompt: str) -> list[tuple[int, int, int]]:
+    """The colours named in ``prompt``, in order of appearance, without repeats."""
+    found: list[tuple[int, int, int]] = []
+    for word in re.findall(r"[a-z]+", prompt.lower()):
+        rgb = COLOR_WORDS.get(word)
+        if rgb is not None and rgb not in found:
+            found.append(rgb)
+    return found
+
+
 def prompt_colors(prompt: str) -> np.ndarray:
-    """Two RGB colours ``[2, 3]`` float32 in 0..255 derived from the prompt's SHA-256."""
+    """Two RGB colours ``[2, 3]`` float32 in 0..255: named by the prompt's colour words, else hashed.
+
+    With one colour word the second colour is a darker shade of it; with two or more, the second
+    word names it. The hash still varies the shade, so two prompts with the same colour word differ.
+    """
     digest = hashlib.sha256(prompt.encode("utf-8")).digest()
+    named = color_words(prompt)
+    if named:
+        a = np.array(named[0], dtype=np.float32)
+        shade = 0.45 + 0.2 * digest[0] / 255.0
+        b = np.array(named[1], dtype=np.float32) if len(named) > 1 else a * shade
+        return np.stack([a, b])
     hue = digest[0] / 255.0
     hue2 = (hue + 0.25 + digest[1] / 1024.0) % 1.0
     a = colorsys.hsv_to_rgb(hue, 0.75, 0.95)
@@ -45,26 +88,27 @@ def prompt_colors(prompt: str) -> np.ndarray:
     return np.array([a, b], dtype=np.float32) * 255.0
 
 
-@lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _wrap(text: str, max_chars: int, max_lines: int) -> list[str]:
-    words, lines, line = text.split(), [], ""
-    for word in words:
-        if len(line) + len(word) + 1 > max_chars and line:
+def _wrap(text: str, fonts: FontChain, max_width: float, max_lines: int) -> list[str]:
+    """Greedy word wrap by measured width; words wider than a line (CJK has no spaces) are split."""
+    lines, line = [], ""
+    for word in text.split():
+        candidate = f"{line} {word}" if line else word
+        if fonts.length(candidate) <= max_width:
+            line = candidate
+            continue
+        if line:
             lines.append(line)
-            line = ""
-        line = f"{line} {word}".strip()
+        line = ""
+        for ch in word:
+            if line and fonts.length(line + ch) > max_width:
+                lines.append(line)
+                line = ""
+            line += ch
     if line:
         lines.append(line)
     if len(lines) > max_lines:
         lines = lines[:max_lines]
-        lines[-1] = lines[-1][: max(0, max_chars - 3)] + "..."
+        lines[-1] = fonts.fit(lines[-1] + " ...", max_width)
     return lines
 
 
@@ -75,12 +119,12 @@ class TestSource(Generator):
     name = "testsrc"
 
     def __init__(self, width: int = 832, height: int = 480, fps: float = NATIVE_FPS,
-                 block_delay: float = 0.0, warnings: list[str] | None = None) -> None:
+                 block_delay: float = 0.0, warnings: list[str] | None = None, banner: str | None = None) -> None:
         if width < 16 or height < 16 or width > 8192 or height > 8192:
             raise GeneratorError(f"testsrc: resolution {width}x{height} out of range 16..8192")
         self.width, self.height, self.fps = int(width), int(height), float(fps)
         self.block_delay = float(block_delay)  # simulate a slow model (seconds per block)
-        self.warnings = list(warnings or [])
+        self.warnings = list(warnings or [])  # full text: reported in `status`, not drawn
         self._block = 0
         self._frame = 0
         self._blend: tuple | None = None
@@ -89,6 +133,17 @@ class TestSource(Generator):
         self._x = np.linspace(0.0, 1.0, self.width, dtype=np.float32)[None, :]  # [1, W]
         self._y = np.linspace(0.0, 1.0, self.height, dtype=np.float32)[:, None]  # [H, 1]
         self._font_size = max(10, self.height // 24)
+        self._fonts = chain(self._font_size)
+        self._text_width = self.width - 12  # 6 px margin each side
+        self._wrapped: tuple[str, list[str]] = ("", [])  # (prompt, its lines): wrap once per prompt
+        self._banner = self._fit_banner(banner) if banner else None
+
+    def _fit_banner(self, text: str) -> tuple[str, FontChain]:
+        """One short line (e.g. why ``--model auto`` fell back), shrunk to the frame's width."""
+        size = self._font_size
+        while size > 8 and chain(size).length(text) > self._text_width:
+            size -= 1
+        return chain(size).fit(text, self._text_width), chain(size)
 
     def reset(self, steering: Steering) -> None:
         self._block = 0
@@ -146,22 +201,28 @@ class TestSource(Generator):
         return out
 
     def _draw_text(self, out: np.ndarray, frame: int, block: int, idx: int, s: Steering) -> None:
-        fs = self._font_size
-        lines = _wrap(s.prompt, max(8, int(self.width / (fs * 0.55))), 3)
-        lines.append(f"frame {frame}  block {block}.{idx}  seed {s.seed}  state {s.state_id}")
-        for w in self.warnings:  # e.g. why --model auto fell back to the test pattern
-            lines.extend(_wrap(f"! {w}", max(8, int(self.width / (fs * 0.55))), 6))
-        box_h = min(self.height, (fs + 4) * len(lines) + 8)
+        fonts, white = self._fonts, (255, 255, 255)
+        if self._wrapped[0] != s.prompt:
+            self._wrapped = (s.prompt, _wrap(s.prompt, fonts, self._text_width, 3))
+        rows = [(line, fonts, white) for line in self._wrapped[1]]
+        status = f"frame {frame}  block {block}.{idx}  seed {s.seed}  state {s.state_id}"
+        rows.append((fonts.fit(status, self._text_width), fonts, white))
+        if self._banner is not None:
+            rows.insert(0, (self._banner[0], self._banner[1], (255, 210, 60)))
+        tops, y = [], 4
+        for _, f, _ in rows:
+            tops.append(y)
+            y += f.size + 4
+        box_h = min(self.height, y + 4)
         # Draw text on a small dark strip only: cheap even at high resolutions.
-        strip = Image.fromarray(out[:box_h]).convert("RGB")
-        dark = (np.asarray(strip, dtype=np.uint16) * 2 // 5).astype(np.uint8)
+        dark = (out[:box_h].astype(np.uint16) * 2 // 5).astype(np.uint8)
         strip = Image.fromarray(dark)
         draw = ImageDraw.Draw(strip)
-        for k, line in enumerate(lines):
-            draw.text((6, 4 + k * (fs + 4)), line, fill=(255, 255, 255), font=_font(fs))
+        for (line, f, color), top in zip(rows, tops, strict=True):
+            f.draw(draw, (6, top), line, color)
         out[:box_h] = np.asarray(strip)
 
 
 def create(width: int = 832, height: int = 480, block_delay: float = 0.0,
-           warnings: list[str] | None = None, **_ignored: object) -> TestSource:
-    return TestSource(width=width, height=height, block_delay=block_delay, warnings=warnings)
+           warnings: list[str] | None = None, banner: str | None = None, **_ignored: object) -> TestSource:
+    return TestSource(width=width, height=height, block_delay=block_delay, warnings=warnings, banner=banner)
