@@ -84,7 +84,7 @@ class ControlServer:
         except ProtocolError as err:
             self.errors += 1
             log.info("request refused (%s): %s", err.code, err.message)
-            return error_reply(getattr(err, "request_id", rid), err.code, err.message)
+            return error_reply(err.request_id, err.code, err.message)
         except Exception as exc:
             self.errors += 1
             log.exception("request handler failed")

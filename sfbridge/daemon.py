@@ -152,8 +152,10 @@ class Daemon:
             state_id, block = self.box.set_steps(req.steps)
             return {"state_id": state_id, "applies_at_block": block}
         if isinstance(req, PauseReq):
-            self.box.set_paused(True)
-            return {"paused": True}
+            with self.publisher.gate:  # no frame publish starts after this block: the reply names the last
+                self.box.set_paused(True)
+                last_seq = self.publisher.last_seq
+            return {"paused": True, "last_seq": last_seq}
         if isinstance(req, Resume):
             self.box.set_paused(False)
             return {"paused": False}

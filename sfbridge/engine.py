@@ -136,15 +136,19 @@ class Engine:
             self._emit(make_event("error", code="internal",
                                        message=f"generator failed on block {snap.block}: {exc}"))
             # A failure can leave caches half-written: start a new scene after a pause.
+            self.box.give_back(snap.changes)
             with self.box.cond:
                 self.box.reset(None, None)
                 self.box.cond.wait(timeout=RETRY_DELAY_S)
             return
         gen_s = time.perf_counter() - t0
         n = len(out.frames)
+        # Sent now, before any frame of the block is published (the publisher sends queued events
+        # before it takes the block): one per accepted change, so every state_id is announced.
         for change in snap.changes:
-            self._emit(make_event("applied", state_id=s.state_id, block=snap.block, prompt=s.prompt,
-                                       seed=s.seed, transition=s.transition, change=change))
+            self._emit(make_event("applied", state_id=change.state_id, change=change.kind,
+                                  transition=change.transition, block=snap.block, state=s.state_id,
+                                  prompt=s.prompt, seed=s.seed))
         self.outbox.put(BlockOut(frames=out.frames, block=snap.block, first_frame=out.first_frame,
                                  first_seq=self._seq, state=s.state_id, stream=snap.stream,
                                  t_gen=time.time(), gen_s=gen_s))

@@ -42,11 +42,12 @@ ERROR_CODES = (
 class ProtocolError(Exception):
     """A request the daemon refuses; ``code`` is one of :data:`ERROR_CODES`."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, request_id: Any = None) -> None:
         assert code in ERROR_CODES, code
         super().__init__(message)
         self.code = code
         self.message = message
+        self.request_id = request_id  # the request's id when it could be read: the reply echoes it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,14 +187,50 @@ _PARSERS = {
 OPS = tuple(_PARSERS)
 
 
+def _valid_id(rid: Any) -> bool:
+    """Ids are int or str (docs/PROTOCOL.md 2.1); bool is an int subclass in Python but not on the wire."""
+    return rid is None or (isinstance(rid, (int, str)) and not isinstance(rid, bool))
+
+
+_ID_KEYS = (b"\xa2id", b"\xd9\x02id")  # the key "id" as fixstr and as str8
+
+
+def peek_request_id(body: bytes) -> Any:
+    """The ``id`` of a request too large to decode, or None.
+
+    Walks only the top-level map and skips every value but ``id`` without building it (``skip``
+    allocates nothing), so a hostile body of nested containers costs no memory. The id itself is
+    read with limits that refuse any container: a valid id is an int or a str.
+    """
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(body), 1), max_str_len=MAX_REQUEST_BYTES,
+                                max_bin_len=0, max_array_len=0, max_map_len=0, max_ext_len=0)
+    rid = None
+    try:
+        unpacker.feed(body)
+        for _ in range(unpacker.read_map_header()):
+            pos = unpacker.tell()
+            key = next((k for k in _ID_KEYS if body[pos:pos + len(k)] == k), None)
+            if key is None:
+                unpacker.skip()
+                unpacker.skip()
+                continue
+            unpacker.read_bytes(len(key))
+            rid = unpacker.unpack()
+    except Exception:  # not a map, truncated, an id that is a container: no id to echo
+        return None
+    return rid if _valid_id(rid) else None
+
+
 def decode_request(body: bytes) -> tuple[Any, Request]:
     """Decode and validate one request body -> ``(id, request)``.
 
-    Raises :class:`ProtocolError`; its ``.request_id`` attribute holds the id when it could be read,
-    so even a rejected request's reply carries the client's id.
+    Raises :class:`ProtocolError`; its ``request_id`` holds the id when it could be read, so even a
+    rejected request's reply carries the client's id. An id of the wrong type is itself a
+    ``bad_request`` (reply id nil): echoing nil with ``ok: true`` would hide the client's bug.
     """
     if len(body) > MAX_REQUEST_BYTES:
-        raise ProtocolError("too_large", f"request is {len(body)} bytes, max {MAX_REQUEST_BYTES}")
+        raise ProtocolError("too_large", f"request is {len(body)} bytes, max {MAX_REQUEST_BYTES}",
+                            request_id=peek_request_id(body))
     try:
         msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
@@ -201,8 +238,8 @@ def decode_request(body: bytes) -> tuple[Any, Request]:
     if not isinstance(msg, dict):
         raise ProtocolError("bad_request", f"request must be a msgpack map, got {type(msg).__name__}")
     rid = msg.get("id")
-    if not (rid is None or isinstance(rid, (int, str))) or isinstance(rid, bool):
-        rid = None
+    if not _valid_id(rid):
+        raise ProtocolError("bad_request", f"'id' must be an int or a string, got {type(rid).__name__}")
     try:
         op = msg.get("op")
         if op is None:
@@ -214,7 +251,7 @@ def decode_request(body: bytes) -> tuple[Any, Request]:
             raise ProtocolError("unknown_op", f"unknown op {op[:64]!r}; known ops: {', '.join(OPS)}")
         return rid, parser(msg)
     except ProtocolError as err:
-        err.request_id = rid  # type: ignore[attr-defined]
+        err.request_id = rid
         raise
 
 

@@ -29,6 +29,13 @@ log = logging.getLogger("sfbridge.io.publisher")
 
 STATS_PERIOD_S = 1.0
 SNDBUF_BYTES = 1 << 16
+STOP_FLUSH_S = 1.0  # how long shutdown waits for the `stopping` event to reach every subscriber
+
+
+def formats_for(subscriptions: dict) -> list[str]:
+    """Frame formats matched by at least one live subscription prefix (str or bytes keys)."""
+    prefixes = [p if isinstance(p, bytes) else p.encode() for p, c in subscriptions.items() if c > 0]
+    return [f for f in FRAME_FORMATS if any(f.encode().startswith(p) for p in prefixes)]
 
 
 @dataclass
@@ -56,6 +63,10 @@ class Publisher:
         self._last: tuple[np.ndarray, dict] | None = None  # last raw frame and its header
         self._enc_time: dict[str, list[float]] = defaultdict(list)
         self._published_times: list[float] = []
+        # `pause` is exact: the control thread sets the pause flag under this lock, and every frame is
+        # sent under it after checking the flag, so no publish starts once the pause reply is sent.
+        self.gate = threading.Lock()
+        self.last_seq: int | None = None  # seq of the last frame published (all formats sent)
         self.sock = ctx.socket(zmq.XPUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, sndhwm)
@@ -88,8 +99,7 @@ class Publisher:
     # --- subscriptions ---------------------------------------------------------------------------
 
     def wanted_formats(self) -> list[str]:
-        return [f for f in FRAME_FORMATS
-                if any(c > 0 and f.encode().startswith(p) for p, c in self._subs.items())]
+        return formats_for(self._subs)
 
     def _on_subscription(self, msg: bytes) -> None:
         if not msg:
@@ -102,6 +112,8 @@ class Publisher:
                 self._send_event(make_event("state", **self.state_info()))
         elif msg[0] == 0:
             self._subs[topic] = max(0, self._subs[topic] - 1)
+            for fmt in set(self._enc_time) - set(self.wanted_formats()):  # nobody reads it: no stale timing
+                del self._enc_time[fmt]
         self.stats.subscribers = {t.decode("utf-8", "replace"): c for t, c in self._subs.items() if c > 0}
         log.debug("subscriptions now %s", self.stats.subscribers)
 
@@ -111,16 +123,19 @@ class Publisher:
         frame, header = self._last
         for fmt in FRAME_FORMATS:
             if fmt.encode().startswith(prefix):
-                self._send_frame(fmt, frame, dict(header))
+                self._send_frame(fmt, self._encode(fmt, frame), dict(header))
 
     # --- sending ---------------------------------------------------------------------------------
 
-    def _send_frame(self, fmt: str, frame: np.ndarray, header: dict) -> None:
+    def _encode(self, fmt: str, frame: np.ndarray) -> bytes:
         t0 = time.perf_counter()
         payload = self.encoders[fmt].encode(frame)
         times = self._enc_time[fmt]
         times.append(time.perf_counter() - t0)
         del times[:-64]
+        return payload
+
+    def _send_frame(self, fmt: str, payload: bytes, header: dict) -> None:
         header["format"] = fmt
         header["t_pub"] = time.time()
         self.sock.send_multipart([fmt.encode(), pack(header), payload], copy=False)
@@ -128,18 +143,24 @@ class Publisher:
     def _send_event(self, event: dict) -> None:
         self.sock.send_multipart([EVENT_TOPIC.encode(), pack(event), b""])
 
-    def _publish(self, blk: BlockOut, i: int) -> None:
+    def _publish(self, blk: BlockOut, i: int) -> bool:
+        """Send frame ``i`` of ``blk`` in every wanted format; False (nothing sent) if paused meanwhile."""
         frame = blk.frames[i]
         h, w = frame.shape[:2]
         header = frame_header(stream=blk.stream, seq=blk.first_seq + i, block=blk.block, idx=i,
                               frame=blk.first_frame + i, fps=self.fps, width=w, height=h, fmt="",
                               state=blk.state, t_gen=blk.t_gen)
+        payloads = {fmt: self._encode(fmt, frame) for fmt in self.wanted_formats()}  # slow part: outside the gate
+        with self.gate:
+            if self.box.paused:
+                return False
+            for fmt, payload in payloads.items():
+                self._send_frame(fmt, payload, dict(header))
+            self.last_seq = header["seq"]
         self._last = (frame, header)
-        for fmt in self.wanted_formats():
-            self._send_frame(fmt, frame, dict(header))
-        now = time.monotonic()
-        self._published_times.append(now)
+        self._published_times.append(time.monotonic())
         self.stats.frames_published += 1
+        return True
 
     # --- loop ------------------------------------------------------------------------------------
 
@@ -156,13 +177,33 @@ class Publisher:
         except Exception:  # pragma: no cover
             log.exception("publisher thread died")
         finally:
-            try:
-                self._send_event(make_event("stopping"))
-            except zmq.ZMQError:
-                pass
-            self.sock.close(linger=0)
+            self._send_stopping()
+            # Linger: close() must not discard the `stopping` event still queued in libzmq's pipes.
+            self.sock.close(linger=int(STOP_FLUSH_S * 1000))
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+    def _send_stopping(self) -> None:
+        """Queue `stopping` for every event subscriber: with XPUB_NODROP a full pipe (a subscriber
+        still holding frames) makes the send wait for room instead of silently dropping the event;
+        a subscriber that never reads gets it dropped after STOP_FLUSH_S."""
+        body = [EVENT_TOPIC.encode(), pack(make_event("stopping"))]
+        deadline = time.monotonic() + STOP_FLUSH_S
+        try:
+            self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+            while True:
+                try:
+                    self.sock.send_multipart([*body, b""], flags=zmq.NOBLOCK)
+                    return
+                except zmq.Again:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.005)
+            self.sock.setsockopt(zmq.XPUB_NODROP, 0)
+            self.sock.send_multipart([*body, b""])
+            log.warning("a subscriber is not reading: it may miss the `stopping` event")
+        except zmq.ZMQError:
+            log.exception("could not send the `stopping` event")
 
     def _run(self) -> None:
         poller = zmq.Poller()
@@ -191,11 +232,7 @@ class Publisher:
                         self._on_subscription(self.sock.recv(zmq.NOBLOCK))
                     except zmq.Again:
                         break
-            while True:
-                try:
-                    self._send_event(self.events.get_nowait())
-                except queue.Empty:
-                    break
+            self._send_events()
             if blk is not None and blk.stream != self.box.stream:  # reset: drop the old scene
                 self.stats.dropped_blocks += 1
                 blk = None
@@ -207,8 +244,7 @@ class Publisher:
             now = time.monotonic()
             if self.box.paused:  # hold the remaining frames; resume continues from here
                 next_due = now
-            elif blk is not None and pos < len(blk.frames) and now >= next_due:
-                self._publish(blk, pos)
+            elif blk is not None and pos < len(blk.frames) and now >= next_due and self._publish(blk, pos):
                 pos += 1
                 next_due += self._interval(blk)
                 if next_due < now - 0.25:  # we fell far behind (stall): do not burst to catch up
@@ -218,12 +254,22 @@ class Publisher:
                 self.last_rates = self._rates()
                 self._send_event(make_event("stats", **self.snapshot()))
 
+    def _send_events(self) -> None:
+        while True:
+            try:
+                self._send_event(self.events.get_nowait())
+            except queue.Empty:
+                return
+
     def _next_block(self) -> BlockOut | None:
         while True:
             try:
                 blk = self.outbox.get_nowait()
             except queue.Empty:
                 return None
+            # The engine queues a block's events (`started`, `applied`) before the block: send them
+            # before any of its frames, even if they arrived after this loop's first drain.
+            self._send_events()
             self.notify_engine()
             if blk.stream == self.box.stream:
                 return blk
@@ -232,7 +278,11 @@ class Publisher:
     def snapshot(self) -> dict:
         """The stats map (docs/PROTOCOL.md 3.3), from any thread: rates of the last period, counters live."""
         es = self.engine_stats
-        return {**self.last_rates, "subscribers": dict(self.stats.subscribers), "queue_blocks": self.outbox.qsize(),
+        subscribers = dict(self.stats.subscribers)  # replaced, never mutated, by the publisher thread
+        wanted = formats_for(subscribers)
+        rates = {**self.last_rates,
+                 "encode_ms": {f: ms for f, ms in self.last_rates["encode_ms"].items() if f in wanted}}
+        return {**rates, "subscribers": subscribers, "queue_blocks": self.outbox.qsize(),
                 "frames_total": es.frames_total, "frames_published": self.stats.frames_published,
                 "dropped_blocks": self.stats.dropped_blocks, "errors": es.errors}
 
@@ -245,5 +295,5 @@ class Publisher:
             "fps_out": len(self._published_times) / STATS_PERIOD_S,
             "fps_gen": round(es.fps_gen, 3),
             "block_ms": round(es.block_ms, 3),
-            "encode_ms": {f: round(1000 * sum(t) / len(t), 3) for f, t in list(self._enc_time.items()) if t},
+            "encode_ms": {f: round(1000 * sum(t) / len(t), 3) for f, t in self._enc_time.items() if t},
         }

@@ -21,6 +21,15 @@ def new_stream_id() -> str:
     return secrets.token_hex(6)
 
 
+@dataclass(frozen=True)
+class Change:
+    """One accepted steering request, announced by its own ``applied`` event when it takes effect."""
+
+    state_id: int
+    kind: str  # "prompt", "seed" or "steps"
+    transition: str  # the prompt's transition; "cut" for seed and steps (they switch at once)
+
+
 @dataclass
 class Snapshot:
     """What the engine takes at a block boundary."""
@@ -29,7 +38,7 @@ class Snapshot:
     block: int  # index of the block about to be generated
     stream: str
     reset: bool  # the engine must reset the generator before this block
-    changes: list[str]  # what changed since the previous snapshot ("prompt", "seed", "steps")
+    changes: list[Change]  # every change accepted since the previous snapshot, in state_id order
 
 
 class SteeringBox:
@@ -38,7 +47,7 @@ class SteeringBox:
     def __init__(self, steering: Steering) -> None:
         self.cond = threading.Condition()
         self._pending = steering
-        self._changes: list[str] = []
+        self._changes: list[Change] = []
         self._next_block = 0
         self._reset = True  # the first block of a run starts a scene
         self.stream = new_stream_id()
@@ -48,10 +57,13 @@ class SteeringBox:
     # --- control thread side -----------------------------------------------------------------
 
     def _bump(self, change: str, **fields: object) -> tuple[int, int]:
+        """New pending state. Every change is kept (not one per kind): each ``state_id`` a client was
+        given must show up in an ``applied`` event, even when several land on the same block."""
         state_id = self._pending.state_id + 1
         self._pending = dataclasses.replace(self._pending, state_id=state_id, **fields)
-        if change not in self._changes:
-            self._changes.append(change)
+        if change != "reset":  # a reset is announced by the `started` event instead
+            transition = str(fields.get("transition", "cut")) if change == "prompt" else "cut"
+            self._changes.append(Change(state_id=state_id, kind=change, transition=transition))
         self.cond.notify_all()
         return state_id, self._next_block
 
@@ -112,6 +124,11 @@ class SteeringBox:
         if reset:
             self._next_block = 0
         snap = Snapshot(steering=self._pending, block=self._next_block, stream=self.stream, reset=reset,
-                        changes=[c for c in changes if c != "reset"])
+                        changes=changes)
         self._next_block += 1
         return snap
+
+    def give_back(self, changes: list[Change]) -> None:
+        """Changes of a block that failed: they are announced with the block that does apply them."""
+        with self.cond:
+            self._changes = [*changes, *self._changes]
