@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         pygame.draw.rect(screen, (255, 220, 0), player)
         pygame.draw.rect(screen, (0, 0, 0), player, 2)
         hud = f"1-{len(PROMPTS)}: prompt (Shift = blend)  arrows: move  |  {sender.last or 'press a number'}"
-        screen.blit(font.render(hud[:120], True, (255, 255, 255), (0, 0, 0)), (6, 6))
+        # Bottom-left, above the test pattern's progress bar: the stream burns its own title into the top.
+        hud_surface = font.render(hud[:120], True, (255, 255, 255), (0, 0, 0))
+        screen.blit(hud_surface, (6, view.height - hud_surface.get_height() - max(14, view.height // 30)))
         pygame.display.flip()
 
     pygame.quit()
