@@ -1,4 +1,5 @@
 ## sfbridge example: the stream fills the window; type a prompt and press Enter or "Send".
+## The prompt bar and status line sit at the bottom: the stream burns its own title into the top.
 ## Command-line overrides (after `--`): --control tcp://HOST:PORT --frames tcp://HOST:PORT,
 ## --smoke-test N (quit with "EXAMPLE_OK" after N frames; used by the tests).
 extends Control
