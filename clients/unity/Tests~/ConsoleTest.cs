@@ -1,7 +1,7 @@
 // Console test for the sfbridge C# core (Runtime/Core/*.cs), run under Mono by
 // tests/test_csharp_client.py against a real `sfbridge serve --model testsrc`.
 //
-//   mcs -langversion:7.3 -out:ConsoleTest.exe Runtime/Core/*.cs Tests~/ConsoleTest.cs
+//   mcs -langversion:7.2 -out:ConsoleTest.exe Runtime/Core/*.cs Tests~/ConsoleTest.cs   (from clients/unity; Mono 6.8 mcs stops at 7.2)
 //   mono ConsoleTest.exe --control tcp://127.0.0.1:5555 --frames tcp://127.0.0.1:5556 \
 //        --width 160 --height 96 [--save-jpeg out.jpg] [--msgpack-hex HEX] [--restart]
 //
