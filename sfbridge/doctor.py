@@ -19,8 +19,42 @@ HINT = ("See docs/MODELS.md for the downloads and where to put them; until then 
 
 
 def is_required(name: str) -> bool:
-    """Rows whose failure rules out self-forcing; GPU memory rows are advice (offloading may still fit)."""
-    return name not in OPTIONAL and not name.startswith("gpu")
+    """Rows whose failure rules out self-forcing; GPU memory rows are advice (offloading may still fit),
+    per-backend ``attn:`` rows are information (``auto`` always finds one that runs)."""
+    return name not in OPTIONAL and not name.startswith(("gpu", "attn:"))
+
+
+def attention_rows(requested: str = "auto") -> list[dict[str, Any]]:
+    """Which attention backend ``serve --attn REQUESTED`` would run, and why; on CUDA one row per kernel.
+
+    Asked for the dtype self-forcing uses by default (bf16 on CUDA, fp32 on CPU; bf16 for a forced GPU
+    kernel, which has no fp32) and Wan's head_dim.
+    """
+    import torch
+
+    from sfbridge.model.attention import (
+        AUTO_ORDER,
+        AttentionBackendError,
+        explain_backend,
+        missing_requirements,
+        probe_facts,
+    )
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    dtype = torch.bfloat16 if cuda or requested not in ("auto", "sdpa", "manual") else torch.float32
+    try:
+        backend, reason = explain_backend(requested, device, dtype)
+        rows = [dict(name="attention", ok=True, detail=f"{backend}: {reason}")]
+    except (AttentionBackendError, ValueError) as e:
+        rows = [dict(name="attention", ok=False, detail=str(e))]
+    if cuda:
+        facts = probe_facts(device, dtype)
+        for name in AUTO_ORDER[:-1]:
+            need = missing_requirements(name, facts)
+            rows.append(dict(name=f"attn:{name}", ok=not need, detail="can run" if not need else
+                             "needs " + "; needs ".join(need)))
+    return rows
 
 
 def summarize(rows: list[dict[str, Any]]) -> tuple[bool, list[str]]:
@@ -49,7 +83,7 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     from sfbridge.model.files import default_model_dir, doctor_report
 
     model_dir = a.model_dir or str(default_model_dir())
-    rows = doctor_report(model_dir, a.hf_cache)
+    rows = doctor_report(model_dir, a.hf_cache) + attention_rows(a.attn)
     ready, problems = summarize(rows)
     if a.json:
         print(json.dumps({"ready": ready, "model_dir": model_dir, "checks": rows}, indent=2))
@@ -71,6 +105,7 @@ def add_doctor_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-dir", default=None, help="model folder [$SFBRIDGE_MODEL_DIR or ~/.cache/sfbridge]")
     p.add_argument("--hf-cache", default=None, help="Hugging Face hub cache to search too [$HF_HUB_CACHE]")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--attn", default="auto", help="attention backend to check (auto, fa3, cudnn, fa2, sdpa) [auto]")
     p.set_defaults(func=cmd_doctor)
 
 

@@ -196,3 +196,53 @@ def test_auto_selection_inside_a_compiled_graph() -> None:
     out, graphs = _graphs(f, x, w)
     assert len(graphs) == 1
     torch.testing.assert_close(out, _layer("sdpa")(x, w))
+
+
+def test_generators_report_and_force_the_backend(tmp_path) -> None:  # noqa: ANN001
+    """describe() (what `status` shows) names the backend and why; a forced one that cannot run is refused
+    before anything loads; 'manual' really is what the tiny model runs (same stream as sdpa, within fp32 noise)."""
+    import numpy as np
+    from test_self_forcing_generator import TINY, build_tiny_model_dir
+
+    from sfbridge.generators import GeneratorError, Steering, create_generator
+
+    auto = create_generator("tiny", width=64, height=48, decoder="preview")
+    d = auto.describe()
+    assert d["attn"] == "sdpa" and d["attn_reason"].startswith("auto on cpu")
+    manual = create_generator("tiny", width=64, height=48, decoder="preview", attn="manual")
+    assert manual.describe()["attn"] == "manual" and "--attn manual" in manual.describe()["attn_reason"]
+    assert manual.model.attn_backend == "manual"
+    s = Steering(prompt="a red fox", seed=3)
+    a, m = auto.next_block(s).frames, manual.next_block(s).frames
+    assert np.abs(a.astype(int) - m.astype(int)).max() <= 1
+    for bad, needle in (("fa3", "flash_attn_interface"), ("cudnn", "CUDA device"), ("flash", "flash-attn"),
+                        ("xformers", "unknown attention backend")):
+        with pytest.raises(GeneratorError, match=needle):
+            create_generator("tiny", attn=bad)
+
+    model_dir = build_tiny_model_dir(tmp_path)
+    with pytest.raises(GeneratorError, match="fp16 or bf16"):
+        create_generator("self-forcing", model_dir=str(model_dir), attn="fa2", warmup=False, **TINY)
+    g = create_generator("self-forcing", model_dir=str(model_dir), attn="sdpa", warmup=False, **TINY)
+    try:
+        assert (g.describe()["attn"], g.pipe.model.attn_backend) == ("sdpa", "sdpa")
+        assert "--attn sdpa" in g.describe()["attn_reason"]
+    finally:
+        g.close()
+
+
+def test_doctor_says_which_backend_and_why(tmp_path, capsys) -> None:  # noqa: ANN001
+    import json
+
+    from sfbridge import cli
+
+    cli.main(["doctor", "--model-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    want = A.explain_backend("auto", "cuda" if torch.cuda.is_available() else "cpu",
+                             torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    assert "ok    attention" in out and f"{want[0]}: {want[1]}" in out
+    assert "missing: attention" not in out
+    cli.main(["doctor", "--model-dir", str(tmp_path), "--json", "--attn", "fa3"])
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["checks"]}
+    if A.fa3_func is None:  # forcing a backend that cannot run makes doctor fail, naming the package
+        assert rows["attention"]["ok"] is False and "flash_attn_interface" in rows["attention"]["detail"]

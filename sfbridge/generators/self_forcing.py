@@ -97,7 +97,7 @@ class SelfForcingGenerator(StreamingGenerator):
                  decoder: str = "vae", window: int = DEFAULT_WINDOW, sink: int = DEFAULT_SINK,
                  device: str | None = None, seed: int = 0, steps: list[float] | None = None,
                  text_encoder_device: str = "auto", vae_frames_per_call: int | None = 1, warmup: bool = True,
-                 hf_cache: str | None = None) -> None:
+                 hf_cache: str | None = None, attn: str = "auto") -> None:
         from sfbridge.model.config import ModelConfig, StreamConfig
         from sfbridge.model.files import resolve_model_files
 
@@ -125,10 +125,11 @@ class SelfForcingGenerator(StreamingGenerator):
             raise GeneratorError(f"self-forcing: bad window/sink/resolution: {e}") from e
         if scfg.local_attn_size == -1:
             raise GeneratorError("self-forcing: an endless stream needs a rolling window (window > 0)")
+        self.attn, self.attn_reason = _attention_backend(attn, dev, tdtype, mcfg.head_dim)
         self.device, self.files, self.mcfg = dev, files, mcfg
         t0 = time.perf_counter()
         try:
-            model = self._load_dit(files.generator, mcfg, tdtype, dev)
+            model = self._load_dit(files.generator, mcfg, tdtype, dev, self.attn)
             self.text = self._load_text(files, mcfg, tdtype, dev, text_encoder_device)
             frames = self._load_decoder(files, decoder, tdtype, dev, vae_frames_per_call)
         except GeneratorError:
@@ -138,18 +139,19 @@ class SelfForcingGenerator(StreamingGenerator):
         from sfbridge.model.pipeline import StreamPipeline
 
         super().__init__(StreamPipeline(model, scfg, seed=int(seed)), frames, width, height, seed, steps)
-        log.info("self-forcing loaded in %.1f s (%s, %s, decoder %s, window %d, sink %d)", time.perf_counter() - t0,
-                 dev, dtype, decoder, scfg.local_attn_size, scfg.sink_size)
+        log.info("self-forcing loaded in %.1f s (%s, %s, decoder %s, window %d, sink %d, attention %s: %s)",
+                 time.perf_counter() - t0, dev, dtype, decoder, scfg.local_attn_size, scfg.sink_size, self.attn,
+                 self.attn_reason)
         if warmup:
             self._warmup()
 
     # loading ----------------------------------------------------------------------------------
     @staticmethod
-    def _load_dit(path: Path, mcfg: Any, dtype: torch.dtype, dev: torch.device) -> Any:
+    def _load_dit(path: Path, mcfg: Any, dtype: torch.dtype, dev: torch.device, attn: str) -> Any:
         from sfbridge.model.weights import load_model
 
         log.info("loading the DiT from %s", path)
-        return load_model(path, mcfg, dtype=dtype, device=dev)
+        return load_model(path, mcfg, dtype=dtype, device=dev, attn_backend=attn)
 
     @staticmethod
     def _load_text(files: Any, mcfg: Any, dtype: torch.dtype, dev: torch.device, where: str) -> Any:
@@ -208,12 +210,23 @@ class SelfForcingGenerator(StreamingGenerator):
         return {**super().describe(), "dtype": self.dtype_name, "decoder": self.decoder.name,
                 "window_frames": c.local_attn_size, "sink_frames": c.sink_size, "device": str(self.device),
                 "gpu": gpu, "latent": [c.latent_h, c.latent_w], "steps": list(self._steps),
-                "text_encoder_device": str(self.text.device), "model_dir": str(self.files.model_dir)}
+                "text_encoder_device": str(self.text.device), "model_dir": str(self.files.model_dir),
+                "attn": self.attn, "attn_reason": self.attn_reason}
 
     def close(self) -> None:
         del self.pipe, self.text, self.decoder
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _attention_backend(attn: str, dev: torch.device, dtype: torch.dtype, head_dim: int) -> tuple[str, str]:
+    """(backend, reason) for ``--attn``; resolved once here so ``status`` names what really runs."""
+    from sfbridge.model.attention import AttentionBackendError, explain_backend
+
+    try:
+        return explain_backend(attn, dev, dtype, head_dim)
+    except (AttentionBackendError, ValueError) as e:
+        raise GeneratorError(f"self-forcing: {e}") from e
 
 
 def create(**options: Any) -> SelfForcingGenerator:

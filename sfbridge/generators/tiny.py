@@ -27,6 +27,7 @@ import torch
 
 from sfbridge.generators.base import GeneratorError
 from sfbridge.generators.streaming import FrameDecoder, StreamingGenerator, VAEFrames
+from sfbridge.model.attention import AttentionBackendError, explain_backend
 from sfbridge.model.config import ModelConfig, StreamConfig
 from sfbridge.model.pipeline import StreamPipeline
 from sfbridge.model.vae import VAEConfig, WanVAEDecoder
@@ -105,7 +106,7 @@ class TinyGenerator(StreamingGenerator):
 
     def __init__(self, width: int = 160, height: int = 96, seed: int = 0, window: int = 9, sink: int = 0,
                  steps: tuple[float, ...] | list[float] | None = None, threads: int | None = None,
-                 decoder: str = "vae") -> None:
+                 decoder: str = "vae", attn: str = "auto") -> None:
         if width % 16 or height % 16 or width <= 0 or height <= 0:
             raise GeneratorError(f"tiny: width/height must be positive multiples of 16, got {width}x{height}")
         if decoder not in ("vae", "preview"):
@@ -117,15 +118,20 @@ class TinyGenerator(StreamingGenerator):
             raise GeneratorError(f"tiny: bad window/sink: {e}") from e
         if threads:
             torch.set_num_threads(int(threads))
+        try:
+            self.attn, self.attn_reason = explain_backend(attn, "cpu", torch.float32, TINY_CONFIG.head_dim)
+        except (AttentionBackendError, ValueError) as e:
+            raise GeneratorError(f"tiny: {e}") from e
         self.cfg = cfg
-        self.model = random_model(TINY_CONFIG, seed=WEIGHT_SEED)
+        self.model = random_model(TINY_CONFIG, seed=WEIGHT_SEED, attn_backend=self.attn)
         frames: FrameDecoder = VAEFrames(random_vae()) if decoder == "vae" else PreviewFrames()
         super().__init__(StreamPipeline(self.model, cfg, seed=int(seed)), frames, width, height, seed, steps)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "latent": [self.cfg.latent_h, self.cfg.latent_w],
                 "window_frames": self.cfg.local_attn_size, "sink_frames": self.cfg.sink_size,
-                "steps": list(self._steps), "weights": "random (seeded)", "decoder": self.decoder.name}
+                "steps": list(self._steps), "weights": "random (seeded)", "decoder": self.decoder.name,
+                "attn": self.attn, "attn_reason": self.attn_reason}
 
     def _embeds(self, prompt: str) -> torch.Tensor:
         return text_embedding(prompt, TINY_CONFIG.text_len, TINY_CONFIG.text_dim)
