@@ -169,3 +169,11 @@ def test_colour_word_matching_and_hashed_default():
     assert np.array_equal(prompt_colors("a red car")[0], red[0])  # same colour, other shade allowed
     two = prompt_colors("a red and blue flag")
     assert two[0].argmax() == 0 and two[1].argmax() == 2
+
+
+def test_unreadable_font_file_is_skipped(tmp_path):
+    bad = tmp_path / "broken.ttf"
+    bad.write_bytes(b"not a font")
+    fonts = FontChain(16, (str(bad),))
+    assert [run for _, run in fonts.runs(" ab é")] == [" ab ?"]  # built-in font, '?' for what it lacks
+    assert fonts.length("ab") > 0

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import unicodedata
 from functools import lru_cache
 
@@ -101,19 +102,21 @@ class FontChain:
         self._notdef: dict[int, tuple] = {}
         self._choice: dict[str, int | None] = {}  # char -> index into fonts(), None: no font has it
         self._missing_logged = False
+        self._lock = threading.RLock()  # chains are shared between generators (lru_cache) and threads
 
     def _font(self, i: int):
         """The i-th font of the chain (files first, built-in last), or None if it cannot be opened."""
         if i == len(self.paths):
             return self._builtin
-        while len(self._fonts) <= i:
-            path = self.paths[len(self._fonts)]
-            try:
-                self._fonts.append(ImageFont.truetype(path, self.size))
-            except OSError as exc:
-                log.warning("cannot open font %s: %s", path, exc)
-                self._fonts.append(None)
-        return self._fonts[i]
+        with self._lock:
+            while len(self._fonts) <= i:
+                path = self.paths[len(self._fonts)]
+                try:
+                    self._fonts.append(ImageFont.truetype(path, self.size))
+                except OSError as exc:
+                    log.warning("cannot open font %s: %s", path, exc)
+                    self._fonts.append(None)
+            return self._fonts[i]
 
     def _covers(self, i: int, ch: str) -> bool:
         font = self._font(i)
@@ -127,7 +130,9 @@ class FontChain:
 
     def font_for(self, ch: str) -> int | None:
         """Index of the first font with a glyph for ``ch``; None if no font has one."""
-        if ch not in self._choice:
+        if ch in self._choice:
+            return self._choice[ch]
+        with self._lock:
             self._choice[ch] = next((i for i in range(len(self.paths) + 1) if self._covers(i, ch)), None)
             if self._choice[ch] is None and not self._missing_logged:
                 log.warning("testsrc: no installed font has a glyph for %r (U+%04X); drawing %r instead. "
@@ -145,7 +150,7 @@ class FontChain:
             if cat in ("Cc", "Cf"):  # controls and invisible format characters: nothing to draw
                 continue
             if ch == " " or (cat.startswith("M") and out):  # spaces and combining marks join the run
-                idx = cur if cur is not None else 0
+                idx = cur if cur is not None else (self.font_for(" ") or 0)
             else:
                 idx = self.font_for(ch)
                 if idx is None:
