@@ -1,7 +1,9 @@
 """Text encoder: Wan UMT5 checkpoint -> transformers UMT5 golden parity, tokenizer folder loaded
 offline like the real google/umt5-xxl, official prompt cleaning, LRU cache, strict-load errors."""
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,62 @@ def test_encode_cleans_once_like_official():
     ids, mask = enc.tokenize([prompt])
     assert not torch.equal(ids, enc.tokenize(["a <b> fox & dog"])[0])  # the two texts tokenize differently
     torch.testing.assert_close(enc.encode([prompt]), enc.encode_ids(ids, mask), atol=0, rtol=0)
+
+
+def _padded_path(enc: TextEncoder, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Today's official computation: the encoder on all L positions, then the padding rows zeroed."""
+    x = enc.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    return x * mask[..., None].to(x.dtype)
+
+
+@contextlib.contextmanager
+def _seen_lengths(enc: TextEncoder) -> Iterator[list[int]]:
+    """Sequence lengths the encoder stack actually runs on, while the block is open."""
+    seen: list[int] = []
+    h = enc.model.encoder.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["input_ids"].shape[1]),
+                                                    with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        h.remove()
+
+
+def test_encodes_only_real_tokens_same_rows_as_padded():
+    """A batch of prompts of different lengths at the official text_len 512: the encoder sees only
+    [B, longest], the real rows equal the padded computation within 1e-5 (fp32), padding rows are 0."""
+    enc = TextEncoder.tiny_random(seed=6, dim=64, num_heads=4, num_layers=3, text_len=512)
+    prompts = ["a cat", "waves crash over dark rocks at sunset and a red car drives through a rainy neon city",
+               "snow falls on a quiet forest"]
+    ids, mask = enc.tokenize(prompts)
+    lens = mask.sum(1).tolist()
+    assert ids.shape == (3, 512) and max(lens) < 64 and len(set(lens)) == 3
+    with _seen_lengths(enc) as seen:
+        new = enc.encode_ids(ids, mask)
+        out = enc.encode(prompts)  # the public path: same rows, official shape, the LRU keeps real rows only
+    assert seen == [max(lens)] * 2
+    old = _padded_path(enc, ids, mask)
+    assert new.shape == old.shape == (3, 512, 64)
+    err = (new - old).abs().max().item()
+    assert err < 1e-5, err
+    for row, n in zip(new, lens, strict=True):
+        assert (row[n:] == 0).all() and (row[:n].abs().sum(-1) > 0).all()
+    torch.testing.assert_close(out, new, atol=0, rtol=0)
+    assert [enc.cache[k].shape[0] for k in enc.cache] == lens
+    one = enc.encode([prompts[0] + " "])  # cache hit, padded back to text_len
+    assert one.shape == (1, 512, 64) and enc.encoder_calls == 2
+    torch.testing.assert_close(one[0], old[0], atol=1e-5, rtol=0)
+
+
+def test_golden_real_tokens_only(golden_encoder, io):
+    with _seen_lengths(golden_encoder) as seen:
+        pe = golden_encoder.encode_ids(io["ids"], io["mask"])
+    assert seen == [T5CFG["real_tokens"]] and io["ids"].shape[1] == T5CFG["seq_len"] > T5CFG["real_tokens"]
+    assert (pe - _padded_path(golden_encoder, io["ids"], io["mask"])).abs().max() < 1e-5
+    torch.testing.assert_close(pe, io["prompt_embeds"], atol=1e-4, rtol=1e-4)
+
+
+def test_left_padded_mask_is_refused():
+    enc = TextEncoder.tiny_random(seed=7, text_len=8)
+    ids, mask = enc.tokenize(["a cat"])
+    with pytest.raises(AssertionError, match="right-padded"):
+        enc.encode_ids(ids.flip(1), mask.flip(1))
