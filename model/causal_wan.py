@@ -15,8 +15,10 @@ import torch.nn as nn
 
 from .attention import attention, select_backend
 from .config import ModelConfig
-from .kv_cache import CrossAttnCache, KVCache
-from .rope import RoPE
+from .kv_cache import CacheView, CrossAttnCache
+from .rope import RoPE, apply_rope
+
+Rope = tuple[torch.Tensor, torch.Tensor] | torch.Tensor  # fp32 (cos, sin), or complex128 reference
 
 
 def sinusoidal_embedding_1d(dim: int, position: torch.Tensor) -> torch.Tensor:
@@ -56,9 +58,9 @@ class LayerNorm(nn.LayerNorm):
 class AttentionProjections(nn.Module):
     """q/k/v/o projections and the qk RMSNorms shared by self- and cross-attention (same keys)."""
 
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.layer, self.num_heads, self.head_dim = layer, cfg.num_heads, cfg.head_dim
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
         self.q = nn.Linear(cfg.dim, cfg.dim)
         self.k = nn.Linear(cfg.dim, cfg.dim)
         self.v = nn.Linear(cfg.dim, cfg.dim)
@@ -68,48 +70,54 @@ class AttentionProjections(nn.Module):
 
 
 class SelfAttention(AttentionProjections):
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, cache: KVCache, backend: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                slots: torch.Tensor, backend: str) -> torch.Tensor:
+        """Write this call's roped K and raw V into ``slots`` of the layer's cache, attend the whole view."""
         B, L, _ = x.shape
         n, d = self.num_heads, self.head_dim
         q = self.norm_q(self.q(x)).view(B, L, n, d)  # [B, L, heads, head_dim]; qk norm before split
         k = self.norm_k(self.k(x)).view(B, L, n, d)
         v = self.v(x).view(B, L, n, d)
-        q, k = RoPE.apply(q, freqs), RoPE.apply(k, freqs)
-        cache.write(self.layer, k, v)
-        k_win, v_win = cache.window(self.layer)  # previous blocks' clean K/V + this block
-        return self.o(attention(q, k_win, v_win, backend).flatten(2))
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        k_cache.index_copy_(1, slots, k)
+        v_cache.index_copy_(1, slots, v)
+        # previous blocks' clean K/V + this block (order irrelevant: no mask, keys carry positions)
+        return self.o(attention(q, k_cache, v_cache, backend).flatten(2))
 
 
 class CrossAttention(AttentionProjections):
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None, cache: CrossAttnCache,
-                backend: str) -> torch.Tensor:
+    def fill(self, context: torch.Tensor, k_out: torch.Tensor, v_out: torch.Tensor) -> None:
+        """Text keys/values of this layer into the static cache buffers (on a prompt change only)."""
+        B = context.shape[0]
+        k_out.copy_(self.norm_k(self.k(context)).view(B, -1, self.num_heads, self.head_dim))
+        v_out.copy_(self.v(context).view(B, -1, self.num_heads, self.head_dim))
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
         B, L, _ = x.shape
-        n, d = self.num_heads, self.head_dim
-        q = self.norm_q(self.q(x)).view(B, L, n, d)
-        if context is not None:  # first call after a (prompt) reset: fill the cache
-            cache.k[self.layer] = self.norm_k(self.k(context)).view(B, -1, n, d)
-            cache.v[self.layer] = self.v(context).view(B, -1, n, d)
+        q = self.norm_q(self.q(x)).view(B, L, self.num_heads, self.head_dim)
         # unmasked over all text_len positions, zero padding included (official behaviour)
-        return self.o(attention(q, cache.k[self.layer], cache.v[self.layer], backend).flatten(2))
+        return self.o(attention(q, k, v, backend).flatten(2))
 
 
 class AttentionBlock(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.norm1 = LayerNorm(cfg.dim, cfg.eps)
-        self.self_attn = SelfAttention(cfg, layer)
+        self.self_attn = SelfAttention(cfg)
         self.norm3 = LayerNorm(cfg.dim, cfg.eps, affine=True) if cfg.cross_attn_norm else nn.Identity()
-        self.cross_attn = CrossAttention(cfg, layer)
+        self.cross_attn = CrossAttention(cfg)
         self.norm2 = LayerNorm(cfg.dim, cfg.eps)
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x: torch.Tensor, e0: torch.Tensor, freqs: torch.Tensor, context: torch.Tensor | None,
-                kv: KVCache, cross: CrossAttnCache, backend: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, rope: Rope, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                slots: torch.Tensor, cross_k: torch.Tensor, cross_v: torch.Tensor, backend: str) -> torch.Tensor:
+        """One layer. Everything it reads or writes is an argument (no layer index, no Python-int state):
+        one compiled graph serves every layer."""
         B, L, C = x.shape
-        F = e0.shape[1]
-        # e0 [B, F, 6, dim] -> 6 x [B, F, 1, dim], broadcast over the tokens of each frame
+        F = e0.shape[1]  # frames with their own timestep (1 = the whole block shares one)
+        # e0 [B|1, F, 6, dim] -> 6 x [B|1, F, 1, dim], broadcast over the tokens of each frame
         m = (self.modulation.unsqueeze(1) + e0).chunk(6, dim=2)
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = m
 
@@ -117,9 +125,9 @@ class AttentionBlock(nn.Module):
             return t.unflatten(1, (F, L // F))  # [B, F, S, dim]
 
         y = per_frame(self.norm1(x)) * (1 + scale_sa) + shift_sa
-        y = self.self_attn(y.flatten(1, 2), freqs, kv, backend)
+        y = self.self_attn(y.flatten(1, 2), rope, k_cache, v_cache, slots, backend)
         x = x + (per_frame(y) * gate_sa).flatten(1, 2)
-        x = x + self.cross_attn(self.norm3(x), context, cross, backend)  # no gate, no modulation
+        x = x + self.cross_attn(self.norm3(x), cross_k, cross_v, backend)  # no gate, no modulation
         y = self.ffn((per_frame(self.norm2(x)) * (1 + scale_ff) + shift_ff).flatten(1, 2))
         return x + (per_frame(y) * gate_ff).flatten(1, 2)
 
@@ -140,7 +148,12 @@ class Head(nn.Module):
 
 
 class CausalWanModel(nn.Module):
-    """Flow-prediction DiT. ``forward`` runs one cached generator call on one block."""
+    """Flow-prediction DiT. ``forward`` runs one cached generator call on one block.
+
+    The call is split in three pieces that can each be compiled (:meth:`set_compile`): embedding
+    (patchify + time MLP), one layer (the same graph for all layers), head (+ unpatchify). All cache
+    bookkeeping (slots, positions, rebasing) happens outside, in :class:`KVCache` and the pipeline.
+    """
 
     def __init__(self, cfg: ModelConfig, attn_backend: str = "auto") -> None:
         super().__init__()
@@ -153,9 +166,40 @@ class CausalWanModel(nn.Module):
         self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(),
                                             nn.Linear(cfg.dim, cfg.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
-        self.blocks = nn.ModuleList([AttentionBlock(cfg, i) for i in range(cfg.num_layers)])
+        self.blocks = nn.ModuleList([AttentionBlock(cfg) for _ in range(cfg.num_layers)])
         self.head = Head(cfg)
-        self.rope = RoPE(cfg.head_dim)  # not a parameter: not in the checkpoint
+        self.rope = RoPE(cfg.head_dim)  # float64 reference; not a parameter: not in the checkpoint
+        self._fns = (self._embed, _layer, self._head)  # eager, or compiled by set_compile()
+
+    # -- set-up steps (outside the graph) ----------------------------------------------------
+    def set_compile(self, enabled: bool = True, backend: object = "inductor", mode: str | None = None) -> None:
+        """torch.compile(fullgraph=True, dynamic=False) of embedding, layer and head, or back to eager.
+
+        Per layer rather than per pass: one small graph is traced and compiled once and reused by all
+        layers, so start-up costs one layer's compile per shape instead of a 30-layer graph.
+        """
+        if not enabled:
+            self._fns = (self._embed, _layer, self._head)
+            return
+        opts: dict[str, object] = dict(fullgraph=True, dynamic=False, backend=backend)
+        if mode is not None:
+            opts["mode"] = mode
+        self._fns = tuple(torch.compile(f, **opts) for f in (self._embed, _layer, self._head))
+
+    @property
+    def compiled(self) -> bool:
+        return self._fns[1] is not _layer
+
+    def time_features(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Sinusoid of timesteps (float64 on the host, like official), cast to the model dtype, on its device.
+
+        ``t`` [B, F] gives [B, F, freq_dim]; a float gives [1, 1, freq_dim] (the whole block shares it).
+        Call it when the step list changes, not per pass.
+        """
+        p = self.patch_embedding.weight
+        t = torch.tensor([[float(t)]]) if not isinstance(t, torch.Tensor) else t
+        sin = sinusoidal_embedding_1d(self.cfg.freq_dim, t.detach().cpu().flatten()).to(p.dtype)
+        return sin.view(*t.shape, -1).to(p.device)
 
     def embed_text(self, context: torch.Tensor) -> torch.Tensor:
         """[B, Lt <= text_len, text_dim] -> zero-pad to text_len -> text MLP -> [B, text_len, dim]."""
@@ -166,48 +210,58 @@ class CausalWanModel(nn.Module):
             context = torch.cat([context, context.new_zeros(B, self.cfg.text_len - Lt, Dt)], dim=1)
         return self.text_embedding(context)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None, kv: KVCache,
-                cross: CrossAttnCache, current_start: int,
-                rope_start_frame: int | None = None) -> torch.Tensor:
-        """Flow prediction for latents x [B, F, C, H, W] at per-frame timesteps t [B, F].
+    def fill_cross(self, context: torch.Tensor, cross: CrossAttnCache) -> None:
+        """Text context [B, <= text_len, text_dim] -> every layer's cross-attention K/V (prompt change)."""
+        ctx = self.embed_text(context.to(self.patch_embedding.weight.dtype))
+        for i, block in enumerate(self.blocks):
+            block.cross_attn.fill(ctx, cross.k[i], cross.v[i])
+        cross.is_init = True
 
-        ``current_start`` is the absolute token offset of the block (cache bookkeeping);
-        ``rope_start_frame`` is its RoPE frame position (== current_start // tokens_per_frame
-        unless the pipeline rebased). ``context`` is only needed when ``cross`` is not filled.
+    def backend_for(self, device: torch.device, dtype: torch.dtype) -> str:
+        """'auto': flash-attn if installed, on CUDA and fp16/bf16, else SDPA."""
+        return select_backend("auto", device, dtype) if self.attn_backend == "auto" else self.attn_backend
+
+    # -- one generator call --------------------------------------------------------------------
+    def _embed(self, x: torch.Tensor, t_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dtype = self.patch_embedding.weight.dtype
+        xp = self.patch_embedding(x.permute(0, 2, 1, 3, 4).to(dtype))  # [B, dim, f, h, w]
+        xs = xp.flatten(2).transpose(1, 2)  # [B, L, dim], tokens in (frame, row, column) order
+        e = self.time_embedding(t_feat)  # [B|1, F|1, dim]
+        e0 = self.time_projection(e).unflatten(-1, (6, self.cfg.dim))  # [B|1, F|1, 6, dim]
+        return xs, e, e0
+
+    def _head(self, xs: torch.Tensor, e: torch.Tensor, F: int, H: int, W: int) -> torch.Tensor:
+        cfg = self.cfg
+        B = xs.shape[0]
+        pt, ph, pw = cfg.patch_size
+        f, h, w = F // pt, H // ph, W // pw
+        out = self.head(xs, e.unsqueeze(2))  # [B, F', S, pt*ph*pw*C_out]
+        # unpatchify: token outputs ordered (pt, ph, pw, C) with channel fastest
+        out = out.reshape(B, f, h, w, pt, ph, pw, cfg.out_dim)
+        out = torch.einsum("bfhwpqrc->bfpchqwr", out)
+        return out.reshape(B, F, cfg.out_dim, H, W)  # [B, F, C_out, H, W]
+
+    def forward(self, x: torch.Tensor, t_feat: torch.Tensor, rope: Rope, view: CacheView,
+                cross: CrossAttnCache) -> torch.Tensor:
+        """Flow prediction for latents x [B, F, C, H, W].
+
+        ``t_feat``: :meth:`time_features` of the timestep(s); ``rope``: (cos, sin) of the block's tokens
+        (:class:`~.rope.RopeTable`); ``view``: :meth:`KVCache.begin` of this call; ``cross`` filled by
+        :meth:`fill_cross`.
         """
         cfg = self.cfg
         B, F, C, H, W = x.shape
         pt, ph, pw = cfg.patch_size
         assert C == cfg.in_dim and H % ph == 0 and W % pw == 0 and F % pt == 0, f"bad x {tuple(x.shape)}"
-        assert t.shape == (B, F), f"t {tuple(t.shape)} must be [B, F] = [{B}, {F}]"
-        f, h, w = F // pt, H // ph, W // pw
-        tokens_per_frame = h * w
-        if rope_start_frame is None:
-            rope_start_frame = current_start // tokens_per_frame
+        assert cross.is_init, "cross-attention cache is empty: fill_cross() first"
+        embed, layer, head = self._fns
+        xs, e, e0 = embed(x, t_feat)
+        backend = self.backend_for(xs.device, xs.dtype)
+        for i, block in enumerate(self.blocks):
+            xs = layer(block, xs, e0, rope, view.k[i], view.v[i], view.slots, cross.k[i], cross.v[i], backend)
+        return head(xs, e, F, H, W)
 
-        dtype = self.patch_embedding.weight.dtype
-        xp = self.patch_embedding(x.permute(0, 2, 1, 3, 4).to(dtype))  # [B, dim, f, h, w]
-        xs = xp.flatten(2).transpose(1, 2)  # [B, L, dim], tokens in (frame, row, column) order
-        L = xs.shape[1]
 
-        e = self.time_embedding(sinusoidal_embedding_1d(cfg.freq_dim, t.flatten()).to(dtype))  # [B*F, dim]
-        e0 = self.time_projection(e).unflatten(1, (6, cfg.dim)).unflatten(0, (B, F))  # [B, F, 6, dim]
-
-        ctx = None
-        if not cross.is_init:
-            assert context is not None, "cross-attention cache is empty: pass the text context"
-            ctx = self.embed_text(context.to(dtype))
-        freqs = self.rope.freqs(rope_start_frame, f, h, w, xs.device)  # [1, L, 1, head_dim/2]
-        kv.begin(current_start, L)
-        backend = self.attn_backend  # "auto": flash-attn if installed, on CUDA and fp16/bf16, else SDPA
-        if backend == "auto":
-            backend = select_backend("auto", xs.device, dtype)
-        for block in self.blocks:
-            xs = block(xs, e0, freqs, ctx, kv, cross, backend)
-        cross.is_init = True
-
-        out = self.head(xs, e.unflatten(0, (B, F)).unsqueeze(2))  # [B, F, S, pt*ph*pw*C_out]
-        # unpatchify: token outputs ordered (pt, ph, pw, C) with channel fastest
-        out = out.view(B, f, h, w, pt, ph, pw, cfg.out_dim)
-        out = torch.einsum("bfhwpqrc->bfpchqwr", out)
-        return out.reshape(B, F, cfg.out_dim, H, W)  # [B, F, C_out, H, W]
+def _layer(block: AttentionBlock, *args: object) -> torch.Tensor:
+    """A free function (not a bound method), so one compiled code object serves every layer."""
+    return block(*args)

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from .config import ModelConfig, StreamConfig
 from .kv_cache import CrossAttnCache, KVCache
 from .pipeline import StreamPipeline
+from .rope import RopeTable
 from .scheduler import FlowMatchScheduler
 from .weights import load_model
 
@@ -69,7 +70,7 @@ def run_scenario(model: torch.nn.Module, meta: dict[str, Any], scenario: str,
         latents.append(pipe.next_block(noise=inputs["noise"][:, b * F:(b + 1) * F],
                                        renoise=inputs["renoise_noise"][b]))
         x0s.append(torch.stack(pipe.last_x0))
-    k, v = pipe.kv.valid(0)
+    k, v = pipe.kv.ordered(0)  # ring slots back in the official physical order
     x0 = torch.stack(x0s)  # [blocks, steps, B, F, C, H, W]; golden stores batch 1 squeezed
     x0 = x0.squeeze(2) if x0.shape[2] == 1 else x0
     return dict(latents=torch.cat(latents, 1), x0_per_step=x0, k=k, v=v, trace=pipe.kv.trace)
@@ -87,8 +88,11 @@ def first_call(model: torch.nn.Module, meta: dict[str, Any], inputs: dict[str, t
                  rolling=cfg.local_attn_size != -1, sink_frames=cfg.sink_size, dtype=dtype)
     cross = CrossAttnCache(mcfg.num_layers, x.shape[0], mcfg.text_len, mcfg.num_heads, mcfg.head_dim,
                            dtype=dtype)
+    F, (h, w) = x.shape[1], (cfg.latent_h // mcfg.patch_size[1], cfg.latent_w // mcfg.patch_size[2])
+    rope = RopeTable(mcfg.head_dim, h, w, frames=F).block(0, F)
     with torch.no_grad():
-        flow = model(x.to(dtype), fc["timestep"], inputs["text_embeds"], kv, cross, 0)
+        model.fill_cross(inputs["text_embeds"], cross)
+        flow = model(x.to(dtype), model.time_features(fc["timestep"]), rope, kv.begin(0, F * tpf), cross)
     x0 = FlowMatchScheduler(cfg.timestep_shift).flow_to_x0(flow, x.to(dtype), fc["timestep"])
     return flow, x0
 

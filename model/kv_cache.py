@@ -1,38 +1,42 @@
-"""Self-attention KV cache (global or rolling window with attention sink) and cross-attention cache.
+"""Self-attention KV cache as a ring buffer (global or rolling window with attention sink), cross cache.
 
-Mirrors ``pipeline/causal_inference.py:_initialize_kv_cache/_initialize_crossattn_cache`` and the
-cache logic inside ``wan/modules/causal_model.py:CausalWanSelfAttention.forward``. One object
-holds all layers: every layer sees exactly the same index evolution, so the indices are kept
-once and the per-call bookkeeping (eviction, slot selection) runs once per model call in
-:meth:`KVCache.begin` instead of once per layer.
+Mirrors the cache semantics of ``pipeline/causal_inference.py:_initialize_kv_cache`` and
+``wan/modules/causal_model.py:CausalWanSelfAttention.forward``, without their eviction copy.
 
-Indices (token units, Python ints so reading them never syncs a GPU):
-- ``global_end``: absolute token position (since the start of the stream) past the last write;
-- ``local_end``: slot index past the last valid entry of the physical buffer.
+Official rule (token units, a call writing ``n`` tokens at absolute ``[s, e = s + n)``, capacity
+``C``, sink ``K = sink_frames * tokens_per_frame``, indices ``g`` = absolute end of the last write,
+``l`` = slot past the last valid entry): evict only in rolling mode, only when the call extends the
+stream (``e > g``, the first call of a block) and only when ``n + l > C``: ``evict = n + l - C``,
+slots ``[K, K+keep)`` get ``[K+evict, K+evict+keep)`` (``keep = l - evict - K``), the sink never
+moves; ``l' = l + (e - g) - evict``; the call writes ``[l' - n, l')`` and attends ``[0, l')``.
+Later denoising calls and the context pass of a block have ``e == g`` and rewrite its slots.
+So after every call the cache holds exactly: the first ``sink_frames`` frames of the stream plus
+the newest ``l'/tpf - sink_frames`` frames, in chronological order.
 
-Rule for a call writing ``n`` tokens at absolute ``[s, e = s + n)`` with capacity ``C`` and
-``K = sink_frames * tokens_per_frame``:
-- Eviction only in rolling mode, only when the call extends the stream (``e > global_end``,
-  i.e. the first call of a new block) and only when ``n + local_end > C``:
-  ``evict = n + local_end - C``, ``keep = local_end - evict - K``; slots ``[K, K+keep)`` get
-  slots ``[K+evict, K+evict+keep)``. The sink slots ``[0, K)`` never move.
-- ``local_end' = local_end + (e - global_end) - evict`` (``evict`` = 0 otherwise). Later
-  denoising calls and the context pass of the same block have ``e == global_end`` so they
-  overwrite the same slots ``[local_end' - n, local_end')``.
-- Attention covers ``[max(0, local_end' - A), local_end')`` with ``A`` = capacity.
+Here the same SET of frames is kept, but each frame has a fixed home: absolute frame ``a`` lives
+in frame slot ``a`` if ``a < sink_frames``, else ``sink_frames + (a - sink_frames) mod R`` with
+``R = capacity_frames - sink_frames``. Writing a new block overwrites exactly the frames the
+official rule evicts, so nothing is ever moved. Attention does not depend on the order of the
+keys (no mask; each key carries its own RoPE position), so the outputs equal the official ones
+up to float summation order. :meth:`KVCache.ordered` maps the slots back to the official order
+(golden comparison of layer-0 K/V). ``g``/``l`` are still tracked with the official formulas
+(``trace``), as Python ints: reading them never syncs a device.
 
-Worked example (golden set A ``rolling_sink``: 12 tokens/frame, window 7 frames = 84 slots,
-sink 1 frame = 12 slots, blocks of 3 frames = 36 tokens):
-block 0: l 0 -> 36; block 1: l 36 -> 72; block 2 first call: 36 + 72 > 84, evict 24,
-keep 72 - 24 - 12 = 36: slots [12, 48) <- [36, 72) (frames 3-5 move next to the sink, frames
-1-2 are dropped), l' = 72 + 36 - 24 = 84, block 2 is written to [48, 84). Its 3 later denoise
-calls and the context pass rewrite [48, 84) without evicting. At 480x832 with window 12 and
-no sink: block 4 evicts 4680 tokens (frames 0-2) and sees frames 3-14.
+Shapes: while the cache fills, a call attends the prefix ``[0, l')`` (one shape per fill length);
+once ``l' == C`` every call attends the whole buffer: static shapes, so a compiled layer never
+recompiles. Slot indices of a call live on the device (cached per slot pattern, built from device
+ops), so writing them (``index_copy_`` inside the layer) needs no host->device copy.
 
-Buffers are preallocated and never grow; ``reset()`` only zeroes the indices (like official).
+Worked example (golden set A ``rolling_sink``: 12 tokens/frame, window 7 frames, sink 1, blocks
+of 3): blocks 0 and 1 fill frame slots 0-5; block 2 (frames 6-8) goes to slots 6, 1, 2, replacing
+frames 1-2 (the official rule drops them too); the cache holds frames {0, 3..8}; ``ordered`` gives
+slots 0, 3, 4, 5, 6, 1, 2 = frames 0, 3, 4, 5, 6, 7, 8 as the official buffer.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -41,8 +45,20 @@ class CacheFullError(RuntimeError):
     """The global (non-rolling) cache cannot hold the next block; use a rolling window."""
 
 
+@dataclass
+class CacheView:
+    """What one model call needs per layer: the attended K/V (views of the buffers) and the write slots.
+
+    ``slots`` [n] long on the device: positions inside ``k[i]``/``v[i]`` that receive this call's tokens.
+    """
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    slots: torch.Tensor
+
+
 class KVCache:
-    """k, v ``[layers, B, C, heads, head_dim]``; keys are stored AFTER RoPE."""
+    """Per-layer k, v ``[B, C, heads, head_dim]`` (separate tensors); keys are stored AFTER RoPE."""
 
     def __init__(self, num_layers: int, batch: int, capacity_frames: int, tokens_per_frame: int,
                  num_heads: int, head_dim: int, rolling: bool, sink_frames: int = 0,
@@ -50,83 +66,128 @@ class KVCache:
         assert rolling or sink_frames == 0, "sink frames need a rolling window"
         assert sink_frames < capacity_frames, f"sink {sink_frames} >= capacity {capacity_frames} frames"
         self.tokens_per_frame = tokens_per_frame
+        self.capacity_frames = capacity_frames
         self.capacity = capacity_frames * tokens_per_frame  # C (tokens)
-        self.attn_tokens = self.capacity  # A: official max_attention_size (== C at 480x832)
         self.rolling = rolling
+        self.sink_frames = sink_frames
         self.sink_tokens = sink_frames * tokens_per_frame  # K
-        shape = (num_layers, batch, self.capacity, num_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.global_end = 0
-        self.local_end = 0
-        self._slots = (0, 0)
+        self.device = torch.device(device)
+        shape = (batch, self.capacity, num_heads, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self._tok = torch.arange(self.capacity, device=device).view(capacity_frames, tokens_per_frame)
+        self._slot_index: dict[tuple[int, ...], torch.Tensor] = {}
         self.trace: list[dict[str, int]] | None = None  # set to [] to record every call
+        self.reset()
 
     def reset(self) -> None:
-        """Forget everything (indices only; stale slots are never read)."""
+        """Forget everything (indices only; stale slots are never read). RoPE positions restart at 0."""
         self.global_end = 0
         self.local_end = 0
-        self._slots = (0, 0)
+        self.frame_base = 0  # absolute frame that has RoPE frame position 0 (moves on rebase)
+        self._last: CacheView | None = None
 
-    def begin(self, current_start: int, num_new: int) -> None:
+    # -- geometry (absolute frame <-> slot) ------------------------------------------------
+    def frame_slot(self, frame: int) -> int:
+        """Home slot (in frames) of absolute frame ``frame``."""
+        S = self.sink_frames
+        return frame if frame < S else S + (frame - S) % (self.capacity_frames - S)
+
+    def window_frames(self) -> list[int]:
+        """Absolute frames the cache holds now, chronological (= the official physical order)."""
+        end, valid = self.global_end // self.tokens_per_frame, self.local_end // self.tokens_per_frame
+        if valid == end:
+            return list(range(end))
+        S = self.sink_frames
+        return list(range(S)) + list(range(end - (valid - S), end))
+
+    def rope_positions(self, frames: list[int]) -> list[int]:
+        """RoPE frame positions of absolute frames (what their keys were rotated with)."""
+        return [a - self.frame_base for a in frames]
+
+    def slots(self, first_frame: int, count: int) -> torch.Tensor:
+        """Token slot indices [count * tpf] on the device of absolute frames [first, first+count).
+
+        Cached per slot pattern; built by device-side concatenation, never from host data.
+        """
+        key = tuple(self.frame_slot(a) for a in range(first_frame, first_frame + count))
+        idx = self._slot_index.get(key)
+        if idx is None:
+            idx = torch.cat([self._tok[s] for s in key])
+            self._slot_index[key] = idx
+        return idx
+
+    # -- one model call -----------------------------------------------------------------------
+    def begin(self, current_start: int, num_new: int) -> CacheView:
         """Bookkeeping of one model call writing tokens [current_start, current_start + num_new)."""
-        g, l, C, K = self.global_end, self.local_end, self.capacity, self.sink_tokens
+        g, l, C = self.global_end, self.local_end, self.capacity
+        tpf = self.tokens_per_frame
+        assert current_start % tpf == 0 and num_new % tpf == 0, f"call [{current_start}, +{num_new}) not in frames"
         current_end = current_start + num_new
-        evict = 0
-        if self.rolling and current_end > g and num_new + l > C:
-            evict = num_new + l - C
-            keep = l - evict - K
-            assert keep >= 0, f"window too small: keep {keep} (l {l}, evict {evict}, sink {K})"
-            for layer in range(self.k.shape[0]):  # per layer: bounded temporary memory
-                for buf in (self.k, self.v):
-                    buf[layer, :, K:K + keep] = buf[layer, :, K + evict:K + evict + keep].clone()
+        evict = num_new + l - C if self.rolling and current_end > g and num_new + l > C else 0
+        assert l - evict - self.sink_tokens >= 0 or not evict, f"window too small (l {l}, evict {evict})"
         new_l = l + (current_end - g) - evict
         if new_l > C:
             raise CacheFullError(
-                f"KV cache full: needs {new_l} tokens, capacity {C} ({C // self.tokens_per_frame} frames); "
+                f"KV cache full: needs {new_l} tokens, capacity {C} ({C // tpf} frames); "
                 "use a rolling window (local_attn_size) or a larger global_cache_frames")
         assert new_l - num_new >= 0, f"call [{current_start}, {current_end}) is before the cache start"
         if self.trace is not None:
             self.trace.append(dict(current_start=current_start, global_end_before=g, local_end_before=l,
                                    global_end_after=current_end, local_end_after=new_l))
-        self._slots = (new_l - num_new, new_l)
-        self.global_end = current_end
-        self.local_end = new_l
+        self.global_end, self.local_end = current_end, new_l
+        slots = self.slots(current_start // tpf, num_new // tpf)
+        if new_l < C:  # filling: valid slots are the prefix [0, l')
+            view = CacheView([k[:, :new_l] for k in self.k], [v[:, :new_l] for v in self.v], slots)
+        else:
+            view = CacheView(self.k, self.v, slots)
+        self._last = view
+        return view
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store this call's roped keys and values [B, n, heads, head_dim] of one layer."""
-        s, e = self._slots
-        assert k.shape[1] == e - s, f"k {tuple(k.shape)} does not fit slots [{s}, {e})"
-        self.k[layer, :, s:e] = k
-        self.v[layer, :, s:e] = v
+        """Eager helper: store the last call's roped keys and values [B, n, heads, head_dim] of one layer."""
+        assert self._last is not None, "begin() first"
+        self._last.k[layer].index_copy_(1, self._last.slots, k)
+        self._last.v[layer].index_copy_(1, self._last.slots, v)
 
-    def window(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values the current call attends to: slots [max(0, l - A), l)."""
-        lo = max(0, self.local_end - self.attn_tokens)
-        return self.k[layer, :, lo:self.local_end], self.v[layer, :, lo:self.local_end]
+    def ordered(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Valid K/V of one layer in the official physical order (sink, then chronological)."""
+        frames = self.window_frames()
+        if not frames:
+            return self.k[layer][:, :0], self.v[layer][:, :0]
+        idx = torch.cat([self._tok[self.frame_slot(a)] for a in frames])
+        return self.k[layer].index_select(1, idx), self.v[layer].index_select(1, idx)
 
-    def valid(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.k[layer, :, : self.local_end], self.v[layer, :, : self.local_end]
+    def rebase(self, delta_frames: int, rotate_: Callable[[torch.Tensor, int], None]) -> None:
+        """Shift RoPE positions by -delta: every cached key rotated in place, ``frame_base += delta``.
+
+        ``rotate_(k, d)`` rotates keys in place by d frame positions (:meth:`RopeTable.rotate_frames_`).
+        The whole buffer is rotated (stale slots too, they are never read): fixed shapes, no bookkeeping.
+        """
+        for k in self.k:
+            rotate_(k, -delta_frames)
+        self.frame_base += delta_frames
 
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+        return sum(t.nbytes for t in self.k) + sum(t.nbytes for t in self.v)
 
 
 class CrossAttnCache:
-    """Text keys/values per layer ``[layers, B, text_len, heads, head_dim]``, filled on first use.
+    """Text keys/values, one ``[B, text_len, heads, head_dim]`` tensor per layer, filled on a prompt change.
 
     Reset it alone when the prompt changes: the self-attention cache (the video so far) stays.
+    The buffers are static (filled with ``copy_``), so compiled layers see the same tensors.
     """
 
     def __init__(self, num_layers: int, batch: int, text_len: int, num_heads: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
-        shape = (num_layers, batch, text_len, num_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (batch, text_len, num_heads, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.is_init = False
 
     def reset(self) -> None:
         self.is_init = False
 
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+        return sum(t.nbytes for t in self.k) + sum(t.nbytes for t in self.v)

@@ -3,29 +3,50 @@
 Mirrors ``pipeline/causal_inference.py:CausalInferencePipeline.inference`` for T2V, turned
 into an endless stream: one call of :meth:`StreamPipeline.next_block` = one block of
 ``num_frame_per_block`` latent frames (4 denoising calls + 1 cache-update call by default).
-Noise comes from a per-stream ``torch.Generator`` (CPU, float32, so a seed gives the same
-stream on any device); tests and the golden tool can inject the exact draws instead.
+
+Nothing in a steady-state block waits for the device: timestep features are tables on the
+device (made when the step list changes), sigmas are host floats, RoPE cos/sin come from a device
+table, KV slots are cached device index tensors, noise is drawn one block ahead on the CPU and
+copied ``non_blocking`` (:mod:`.noise`). On CUDA each block ends with a recorded event
+(``ready_event``) that a consumer (decoder stream) can wait on instead of synchronizing.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from .causal_wan import CausalWanModel
 from .config import StreamConfig
 from .kv_cache import CrossAttnCache, KVCache
-from .scheduler import FlowMatchScheduler, validate_steps
+from .noise import NoiseStream
+from .rope import RopeTable
+from .scheduler import FlowMatchScheduler, renoise, validate_steps, x0_from_flow
 
 log = logging.getLogger(__name__)
 
 
-class StreamPipeline:
-    """Endless block generator. Call ``reset(seed)``, ``set_prompt_embeds(e)``, then ``next_block()``."""
+@dataclass
+class BlockPlan:
+    """Where the block goes: first absolute latent frame, token offset, RoPE (cos, sin) of its tokens."""
 
-    def __init__(self, model: CausalWanModel, cfg: StreamConfig, batch: int = 1, seed: int = 0) -> None:
+    start_frame: int
+    current_start: int
+    rope: tuple[torch.Tensor, torch.Tensor]
+
+
+class StreamPipeline:
+    """Endless block generator. Call ``reset(seed)``, ``set_prompt_embeds(e)``, then ``next_block()``.
+
+    ``compile=True`` compiles the model's embedding / layer / head (``compile_backend``, default
+    inductor); it compiles once per attended length while the window fills, then never again.
+    """
+
+    def __init__(self, model: CausalWanModel, cfg: StreamConfig, batch: int = 1, seed: int = 0,
+                 compile: bool = False, compile_backend: object = "inductor") -> None:
         mcfg = model.cfg
         self.model, self.cfg, self.batch = model, cfg, batch
         p = next(model.parameters())
@@ -38,12 +59,26 @@ class StreamPipeline:
                           dtype=self.dtype, device=self.device)
         self.cross = CrossAttnCache(mcfg.num_layers, batch, mcfg.text_len, mcfg.num_heads, mcfg.head_dim,
                                     dtype=self.dtype, device=self.device)
-        self.noise_gen = torch.Generator(device="cpu")
+        ph, pw = mcfg.patch_size[1:]
+        table = cfg.rope_rebase_frames or cfg.max_rope_frames
+        self.rope = RopeTable(mcfg.head_dim, cfg.latent_h // ph, cfg.latent_w // pw, min(table, 4096), self.device)
+        shape = (batch, cfg.num_frame_per_block, mcfg.in_dim, cfg.latent_h, cfg.latent_w)
+        self.noise = NoiseStream(shape, self.device, self.dtype, seed)
         self.prompt_embeds: torch.Tensor | None = None
         self.timesteps = torch.empty(0)
         self.set_steps(cfg.denoising_step_list, warp=cfg.warp_denoising_step)
         self.last_x0: list[torch.Tensor] = []  # x0 of every denoising step of the last block
+        self.ready_event: torch.cuda.Event | None = None  # CUDA: recorded after the last block's work
+        if compile:
+            self.enable_compile(compile_backend)
         self.reset(seed)
+
+    def enable_compile(self, backend: object = "inductor", mode: str | None = None) -> None:
+        """Compile the model (see :meth:`CausalWanModel.set_compile`); allows one compile per fill length."""
+        fill_shapes = -(-self.kv.capacity_frames // self.cfg.num_frame_per_block) + 2
+        dyn = torch._dynamo.config
+        dyn.recompile_limit = max(dyn.recompile_limit, fill_shapes + 2)
+        self.model.set_compile(True, backend, mode)
 
     # -- stream control -------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> None:
@@ -51,14 +86,18 @@ class StreamPipeline:
         self.kv.reset()
         self.cross.reset()
         self.block_index = 0
-        self.frame_base = 0  # absolute latent frame that has RoPE position 0 (rebasing)
         if seed is not None:
             self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
         """Re-seed the noise stream; takes effect from the next draw (caches are kept)."""
         self.seed = int(seed)
-        self.noise_gen.manual_seed(self.seed)
+        self.noise.seed(self.seed)
+
+    @property
+    def frame_base(self) -> int:
+        """Absolute latent frame that has RoPE position 0 (moves when rebasing)."""
+        return self.kv.frame_base
 
     def set_prompt_embeds(self, embeds: torch.Tensor) -> None:
         """Text context [B, Lt <= text_len, text_dim]; resets only the cross-attention cache."""
@@ -71,38 +110,78 @@ class StreamPipeline:
 
     def set_steps(self, steps: Sequence[float], warp: bool = True) -> None:
         """Denoising step list for the next blocks: raw config values (warped like the official
-        code, e.g. [1000, 750, 500, 250] -> [1000, 937.5, 833.33, 625]) or timesteps if warp=False."""
+        code, e.g. [1000, 750, 500, 250] -> [1000, 937.5, 833.33, 625]) or timesteps if warp=False.
+
+        Builds the per-step tables once: sigmas as host floats, time features on the device."""
         steps = validate_steps(steps, warp)
         self.timesteps = self.scheduler.warp(steps) if warp else torch.tensor(steps, dtype=torch.float32)
+        ts = [float(t) for t in self.timesteps]
+        self.sigmas = [self.scheduler.sigma_of(t) for t in ts]
+        self.t_feats = [self.model.time_features(t) for t in ts]
+        self.t_feat_ctx = self.model.time_features(float(self.cfg.context_noise))
 
     @property
     def num_steps(self) -> int:
-        return int(self.timesteps.numel())
+        return len(self.sigmas)
 
-    # -- generation -----------------------------------------------------------------------
-    def _draw(self) -> torch.Tensor:
-        m, c = self.model.cfg, self.cfg
-        shape = (self.batch, c.num_frame_per_block, m.in_dim, c.latent_h, c.latent_w)
-        return torch.randn(shape, generator=self.noise_gen, dtype=torch.float32).to(self.device, self.dtype)
+    # -- per-block steps (small, so re-cache / video-to-video can reuse them) -------------------
+    def _fill_cross(self) -> None:
+        """Prompt change: the text K/V of every layer, once, outside the compiled passes."""
+        if not self.cross.is_init:
+            assert self.prompt_embeds is not None, "call set_prompt_embeds() first"
+            self.model.fill_cross(self.prompt_embeds, self.cross)
 
-    def _maybe_rebase(self, start_frame: int) -> int:
-        """RoPE frame position of the block; rotates cached keys back when it would grow too big."""
-        c = self.cfg
+    def _rope_position(self, start_frame: int) -> int:
+        """RoPE frame position of a block starting at ``start_frame``; rebases the cache when it would grow
+        past ``rope_rebase_frames`` (cached keys rotated back, the block restarts at position 0)."""
+        c, kv = self.cfg, self.kv
         F = c.num_frame_per_block
-        pos = start_frame - self.frame_base
+        pos = start_frame - kv.frame_base
         if c.rope_rebase_frames is not None and pos + F > c.rope_rebase_frames:
-            delta = pos  # the new block starts at position 0; cached keys get negative positions
-            for layer in range(self.kv.k.shape[0]):
-                k, _ = self.kv.valid(layer)
-                k.copy_(self.model.rope.rotate_frames(k, -delta))
-            self.frame_base += delta
+            kv.rebase(pos, self.rope.rotate_frames_)  # cached keys get negative positions (sink too)
+            log.debug("rebased RoPE by %d frames at block %d", pos, self.block_index)
             pos = 0
-            log.debug("rebased RoPE by %d frames at block %d", delta, self.block_index)
         if pos + F > c.max_rope_frames:
             raise RuntimeError(f"RoPE frame position {pos + F} exceeds max_rope_frames {c.max_rope_frames}; "
                                "set rope_rebase_frames")
         return pos
 
+    def plan_block(self) -> BlockPlan:
+        F = self.cfg.num_frame_per_block
+        start = self.block_index * F
+        pos = self._rope_position(start)
+        return BlockPlan(start, start * self.tokens_per_frame, self.rope.block(pos, F))
+
+    def _pass(self, x: torch.Tensor, t_feat: torch.Tensor, plan: BlockPlan) -> torch.Tensor:
+        """One generator call on the block: writes its K/V, returns the flow."""
+        view = self.kv.begin(plan.current_start, self.block_tokens)
+        return self.model(x, t_feat, plan.rope, view, self.cross)
+
+    def denoise(self, x: torch.Tensor, plan: BlockPlan, first_step: int = 0,
+                renoise_draws: torch.Tensor | None = None) -> torch.Tensor:
+        """Steps ``first_step..`` of the step list from x (noise, or noised latents at that step) -> clean x0."""
+        self.last_x0 = []
+        x0 = x
+        for i in range(first_step, self.num_steps):
+            x0 = x0_from_flow(self._pass(x, self.t_feats[i], plan), x, self.sigmas[i])
+            self.last_x0.append(x0)
+            if i + 1 < self.num_steps:
+                eps = self.noise.take() if renoise_draws is None else renoise_draws[i].to(self.device, self.dtype)
+                x = renoise(x0, eps, self.sigmas[i + 1])
+        return x0
+
+    def context_pass(self, x0: torch.Tensor, plan: BlockPlan) -> None:
+        """The clean block at t = context_noise overwrites this block's K/V (output discarded)."""
+        self._pass(x0, self.t_feat_ctx, plan)
+
+    def _finish_block(self) -> None:
+        self.block_index += 1
+        if self.device.type == "cuda":
+            self.ready_event = torch.cuda.Event()
+            self.ready_event.record()
+        self.noise.prefetch(self.num_steps)  # next block's draws, while the device still works
+
+    # -- generation -----------------------------------------------------------------------
     @torch.no_grad()
     def next_block(self, noise: torch.Tensor | None = None,
                    renoise: torch.Tensor | None = None) -> torch.Tensor:
@@ -113,27 +192,11 @@ class StreamPipeline:
         stream's generator (initial noise first, then one draw per re-noise, in order).
         """
         assert self.prompt_embeds is not None or self.cross.is_init, "call set_prompt_embeds() first"
-        c = self.cfg
-        F, B = c.num_frame_per_block, self.batch
-        start_frame = self.block_index * F
-        current_start = start_frame * self.tokens_per_frame
-        rope_pos = self._maybe_rebase(start_frame)
-        x = self._draw() if noise is None else noise.to(self.device, self.dtype)
-        assert x.shape == (B, F, self.model.cfg.in_dim, c.latent_h, c.latent_w), f"noise {tuple(x.shape)}"
-        steps = self.timesteps
-        self.last_x0 = []
-        x0 = x
-        for i in range(len(steps)):
-            t = torch.full((B, F), float(steps[i]), dtype=torch.float32, device=self.device)
-            flow = self.model(x, t, self.prompt_embeds, self.kv, self.cross, current_start, rope_pos)
-            x0 = self.scheduler.flow_to_x0(flow, x, t)
-            self.last_x0.append(x0)
-            if i + 1 < len(steps):
-                eps = self._draw() if renoise is None else renoise[i].to(self.device, self.dtype)
-                t_next = torch.full((B, F), float(steps[i + 1]), dtype=torch.float32, device=self.device)
-                x = self.scheduler.add_noise(x0, eps, t_next)
-        # context pass: clean block at t = context_noise overwrites this block's K/V
-        t_ctx = torch.full((B, F), float(c.context_noise), dtype=torch.float32, device=self.device)
-        self.model(x0, t_ctx, self.prompt_embeds, self.kv, self.cross, current_start, rope_pos)
-        self.block_index += 1
+        self._fill_cross()
+        plan = self.plan_block()
+        x = self.noise.take() if noise is None else noise.to(self.device, self.dtype)
+        assert x.shape == self.noise.shape, f"noise {tuple(x.shape)} vs {self.noise.shape}"
+        x0 = self.denoise(x, plan, renoise_draws=renoise)
+        self.context_pass(x0, plan)
+        self._finish_block()
         return x0

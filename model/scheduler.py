@@ -3,6 +3,11 @@
 Mirrors ``utils/scheduler.py:FlowMatchScheduler`` (created with sigma_min 0,
 extra_one_step True, ``set_timesteps(1000, training=True)``), the step-list warp of
 ``pipeline/causal_inference.py`` and ``utils/wan_wrapper.py:_convert_flow_pred_to_x0``.
+
+The tables stay float32 tensors on the host (identical to the official ones). The pipeline looks
+sigmas up once per step list (:meth:`FlowMatchScheduler.sigma_of`) and runs the per-step math
+with Python floats (:func:`x0_from_flow`, :func:`renoise`): no table lookup, argmin or
+host->device copy per block.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ class FlowMatchScheduler:
         sigma = sig[idx].view(*t.shape, 1, 1, 1)
         return (xt.double() - sigma * flow.double()).to(flow.dtype)
 
+    def sigma_of(self, t: float) -> float:
+        """sigma of the nearest table timestep, as a Python float (the exact float32 table value)."""
+        idx = int(torch.argmin((self.timesteps.double() - float(t)).abs()))
+        return float(self.sigmas[idx])
+
     def warp(self, raw: Sequence[float]) -> torch.Tensor:
         """Config step list -> timesteps used: cat(timesteps, [0])[1000 - raw] (float32)."""
         table = torch.cat([self.timesteps, torch.tensor([0.0])])
@@ -65,3 +75,17 @@ def validate_steps(steps: Sequence[float], warp: bool = True, num_train_timestep
     if any(a <= b for a, b in zip(steps[:-1], steps[1:], strict=True)):
         raise ValueError(f"denoising steps must be strictly decreasing, got {steps}")
     return [float(v) for v in steps]
+
+
+def x0_from_flow(flow: torch.Tensor, xt: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x0 = x_t - sigma * flow in float64, cast back (official); sigma is a host float."""
+    return (xt.double() - sigma * flow.double()).to(flow.dtype)
+
+
+def renoise(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(1 - sigma) x0 + sigma eps in float32 math (like the float32 sigma tensor of the official code).
+
+    ``1 - sigma`` is rounded to float32 first, as the official float32 tensor arithmetic does.
+    """
+    one_minus = float(torch.tensor(1.0) - torch.tensor(sigma, dtype=torch.float32))
+    return (x0.float() * one_minus + noise.float() * sigma).to(noise.dtype)

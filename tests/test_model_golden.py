@@ -75,9 +75,12 @@ def test_rolling_sink_eviction_keeps_sink() -> None:
         for call in range(3):  # 3 calls per block: only the first evicts
             kv.begin(block * 3, 3)
             kv.write(0, torch.full((1, 3, 1, 2), float(10 * block + call)), torch.zeros(1, 3, 1, 2))
-    k, _ = kv.valid(0)
+    k, _ = kv.ordered(0)
     # frames: sink = block 0, then the newest 6 frames (blocks 2 and 3), block 1 evicted
     assert k[0, :, 0, 0].tolist() == [2.0, 22, 22, 22, 32, 32, 32]
+    assert kv.window_frames() == [0, 6, 7, 8, 9, 10, 11]
+    # ring: block 3 (frames 9-11) took the home slots of the evicted frames 3-5, nothing moved
+    assert kv.k[0][0, :, 0, 0].tolist() == [2.0, 22, 22, 32, 32, 32, 22]
 
 
 def synthetic_meta(base: dict, **changes: object) -> dict:
@@ -109,5 +112,6 @@ def test_sizes_come_from_metadata(heads: int, dim: int, hw: list[int], F: int, s
     for _ in range(meta["num_blocks"]):
         out = pipe.next_block()
         assert out.shape == (1, F, 16, *hw) and torch.isfinite(out).all()
-    assert pipe.kv.k.shape == (mcfg.num_layers, 1, window * pipe.tokens_per_frame, heads, dim // heads)
+    assert len(pipe.kv.k) == mcfg.num_layers
+    assert pipe.kv.k[0].shape == (1, window * pipe.tokens_per_frame, heads, dim // heads)
     assert pipe.kv.local_end == window * pipe.tokens_per_frame

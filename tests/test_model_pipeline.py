@@ -114,12 +114,12 @@ def test_rope_rebasing_matches_unbounded(model: torch.nn.Module, sink: int) -> N
 def test_cache_memory_constant_over_200_blocks(model: torch.nn.Module) -> None:
     p = make(model, latent_h=2, latent_w=4)
     p.set_steps([1000])
-    ptrs = (p.kv.k.data_ptr(), p.kv.v.data_ptr(), p.cross.k.data_ptr())
+    ptrs = [t.data_ptr() for t in (*p.kv.k, *p.kv.v, *p.cross.k)]
     nbytes = p.kv.nbytes() + p.cross.nbytes()
     for _ in range(200):
         p.next_block()
     assert p.block_index == 200 and p.kv.global_end == 600 * p.tokens_per_frame
-    assert (p.kv.k.data_ptr(), p.kv.v.data_ptr(), p.cross.k.data_ptr()) == ptrs
+    assert [t.data_ptr() for t in (*p.kv.k, *p.kv.v, *p.cross.k)] == ptrs
     assert p.kv.nbytes() + p.cross.nbytes() == nbytes
     assert p.kv.local_end == p.kv.capacity
 
