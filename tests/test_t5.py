@@ -230,3 +230,28 @@ def test_left_padded_mask_is_refused():
     ids, mask = enc.tokenize(["a cat"])
     with pytest.raises(AssertionError, match="right-padded"):
         enc.encode_ids(ids.flip(1), mask.flip(1))
+
+
+def test_text_encoder_benchmark(capsys):
+    """benchmarks/bench_text_encoder.py: both paths timed side by side and equal in fp32; its meta-device
+    TFLOP count at the real umt5-xxl config equals the matmul count written out by hand."""
+    import importlib.util
+    import re
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_text_encoder.py"
+    spec = importlib.util.spec_from_file_location("bench_text_encoder", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--d-model", "32", "--d-ff", "64", "--heads", "4", "--layers", "1", "--repeats", "1",
+                       "--text-len", "64", "--dtype", "fp32", "--no-flops"]) == 0
+    out = capsys.readouterr().out
+    assert "before: padded to  64 tokens" in out and "after:  real tokens only  20" in out
+    assert float(re.search(r"speed-up: ([\d.]+)x", out).group(1)) > 0
+    assert float(re.search(r"max \|after - before\| on the rows: (\S+)", out).group(1)) < 1e-5
+
+    def by_hand(t: int, d: int = 4096, inner: int = 64 * 64, ff: int = 10240, layers: int = 24) -> float:
+        linear = 4 * d * inner + 3 * d * ff  # q, k, v, o + gated FFN (wi_0, wi_1, wo)
+        return layers * (2 * t * linear + 2 * 2 * t * t * inner) / 1e12  # + q k^T and attn v
+
+    for t in (512, 20):
+        assert bench.count_tflop(t) == pytest.approx(by_hand(t), rel=1e-9)
