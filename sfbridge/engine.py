@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sfbridge.generators.base import Generator
+from sfbridge.generators.base import Generator, PendingFrames
 from sfbridge.protocol import make_event
 from sfbridge.steering import Snapshot, SteeringBox
 
@@ -31,7 +31,7 @@ RETRY_DELAY_S = 1.0
 class BlockOut:
     """A generated block on its way to the publisher."""
 
-    frames: np.ndarray  # [N, H, W, 3] uint8
+    frames: np.ndarray | PendingFrames  # [N, H, W, 3] uint8, or still decoding (see ready())
     block: int
     first_frame: int
     first_seq: int
@@ -39,6 +39,19 @@ class BlockOut:
     stream: str
     t_gen: float  # Unix time the block was ready
     gen_s: float  # seconds the generator spent on it
+
+    def ready(self) -> bool:
+        """Whether the frames are on the host; a finished decode is resolved in place (publisher thread)."""
+        if isinstance(self.frames, PendingFrames):
+            if not self.frames.done() or self.failed():
+                return False
+            self.frames = self.frames.result()
+        return True
+
+    def failed(self) -> bool:
+        """The decode failed: the engine has reported it and restarts the scene; drop the block."""
+        f = self.frames
+        return isinstance(f, PendingFrames) and f.done() and (f.cancelled() or f.exception() is not None)
 
 
 @dataclass
@@ -63,6 +76,8 @@ class Engine:
         self.stats = stats or EngineStats()
         self._seq = 0
         self._was_paused = False
+        self._retry_at = 0.0  # monotonic time before which no block starts (after a failed decode)
+        self._failed_stream: str | None = None  # scene whose decode failed: one error event per scene
         self.thread = threading.Thread(target=self.run, name="sfbridge-engine", daemon=True)
 
     def start(self) -> None:
@@ -74,7 +89,8 @@ class Engine:
             self.box.cond.notify_all()
 
     def _can_work(self) -> bool:
-        return not self.box.paused and self.outbox.qsize() < self.max_ahead
+        return (not self.box.paused and self.outbox.qsize() < self.max_ahead
+                and time.monotonic() >= self._retry_at)
 
     def run(self) -> None:
         try:
@@ -128,8 +144,9 @@ class Engine:
                                            state_id=s.state_id))
                 log.info("scene %s started: %r seed %d", snap.stream, s.prompt, s.seed)
                 t0 = time.perf_counter()
-            out = self.generator.next_block(s)
-            self._check(out.frames)
+            out = self.generator.submit_block(s)  # frames may still be decoding: the next block starts now
+            if not isinstance(out.frames, PendingFrames):
+                self._check(out.frames)
         except Exception as exc:
             self.stats.errors += 1
             log.exception("generator failed on block %d", snap.block)
@@ -149,11 +166,55 @@ class Engine:
             self._emit(make_event("applied", state_id=change.state_id, change=change.kind,
                                   transition=change.transition, block=snap.block, state=s.state_id,
                                   prompt=s.prompt, seed=s.seed))
-        self.outbox.put(BlockOut(frames=out.frames, block=snap.block, first_frame=out.first_frame,
-                                 first_seq=self._seq, state=s.state_id, stream=snap.stream,
-                                 t_gen=time.time(), gen_s=gen_s))
+        blk = BlockOut(frames=out.frames, block=snap.block, first_frame=out.first_frame, first_seq=self._seq,
+                       state=s.state_id, stream=snap.stream, t_gen=time.time(), gen_s=gen_s)
+        if isinstance(out.frames, PendingFrames):
+            blk.frames = self._checked(out.frames, blk)
+        self.outbox.put(blk)  # a pending block is in the outbox at once: max_ahead counts it as today
         self.on_output()
         self._seq += n
+        if not isinstance(out.frames, PendingFrames):
+            self._account(n, gen_s)
+
+    def _checked(self, pending: PendingFrames, blk: BlockOut) -> PendingFrames:
+        """The frames of ``blk`` once decoded and checked. Runs on the thread that finishes the decode:
+        a failure there is reported like one in :meth:`_step` (error event, new scene after a pause)."""
+        out = PendingFrames(len(pending))
+
+        def done(decoded: PendingFrames) -> None:  # (no reference to `pending` itself: no cycle)
+            try:
+                frames = decoded.result()
+                self._check(frames)
+                if len(frames) != len(decoded):
+                    raise TypeError(f"generator {self.generator.name!r} returned {len(frames)} frames, "
+                                    f"announced {len(decoded)}")
+            except BaseException as exc:  # noqa: BLE001 - any failure, cancellation included, drops the block
+                self._decode_failed(blk, exc)
+                out.set_exception(exc)
+            else:
+                # Pipelined, a block costs the longer of its DiT and its decode (they overlap): pacing uses that.
+                blk.gen_s, blk.t_gen = max(blk.gen_s, decoded.seconds), time.time()
+                self._account(len(frames), blk.gen_s)
+                out.set_result(frames)
+            self.on_output()
+
+        out.set_running_or_notify_cancel()
+        pending.add_done_callback(done)
+        return out
+
+    def _decode_failed(self, blk: BlockOut, exc: BaseException) -> None:
+        if self.box.stopping or blk.stream == self._failed_stream:
+            return  # shutdown cancels decodes; later blocks of a failed scene fail with it
+        self._failed_stream = blk.stream
+        self.stats.errors += 1
+        log.error("generator failed on block %d: %r", blk.block, exc)
+        self._emit(make_event("error", code="internal", message=f"generator failed on block {blk.block}: {exc}"))
+        with self.box.cond:
+            if blk.stream == self.box.stream:  # a reset since then already starts a new scene
+                self.box.reset(None, None)  # caches may be half-written: a new scene, after a pause
+                self._retry_at = time.monotonic() + RETRY_DELAY_S
+
+    def _account(self, n: int, gen_s: float) -> None:
         st = self.stats
         st.block_ms = gen_s * 1000
         st.frames_total += n

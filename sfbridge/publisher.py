@@ -215,9 +215,11 @@ class Publisher:
         next_stats = time.monotonic() + STATS_PERIOD_S
         while not self.stop_event.is_set():
             now = time.monotonic()
-            if blk is not None and pos < len(blk.frames):
+            if blk is not None and blk.ready() and pos < len(blk.frames):
                 timeout_ms = max(0.0, (next_due - now) * 1000)
-            else:  # idle: the engine wakes us through the pipe when it has output
+            elif self.outbox.qsize() and (blk is None or blk.ready()):  # done with this block, the next waits
+                timeout_ms = 0.0  # (its wake-up may have been read while this block was still publishing)
+            else:  # idle or decoding: the engine wakes us through the pipe when it has output
                 timeout_ms = 50.0
             timeout_ms = min(timeout_ms, 50.0, max(0.0, (next_stats - now) * 1000))
             ready = dict(poller.poll(timeout_ms))
@@ -236,6 +238,8 @@ class Publisher:
             if blk is not None and blk.stream != self.box.stream:  # reset: drop the old scene
                 self.stats.dropped_blocks += 1
                 blk = None
+            if blk is not None and blk.failed():  # its decode failed: the engine reported it, restarts the scene
+                blk = None
             if blk is None or pos >= len(blk.frames):
                 blk = self._next_block()
                 pos = 0
@@ -244,7 +248,8 @@ class Publisher:
             now = time.monotonic()
             if self.box.paused:  # hold the remaining frames; resume continues from here
                 next_due = now
-            elif blk is not None and pos < len(blk.frames) and now >= next_due and self._publish(blk, pos):
+            elif (blk is not None and pos < len(blk.frames) and now >= next_due and blk.ready()
+                  and self._publish(blk, pos)):
                 pos += 1
                 next_due += self._interval(blk)
                 if next_due < now - 0.25:  # we fell far behind (stall): do not burst to catch up

@@ -14,6 +14,7 @@ clients and the tests never know which one runs.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,12 @@ import numpy as np
 FIRST_BLOCK_FRAMES = 9  # 1 + 4 * (3 - 1): first latent frame decodes to one pixel frame
 BLOCK_FRAMES = 12  # 4 pixel frames per latent frame, 3 latent frames per block
 NATIVE_FPS = 16.0  # Wan2.1 is trained on 16 fps video
+LATENT_TO_PIXEL_FRAMES = 4  # the VAE's temporal upsampling (the first latent frame of a scene gives 1)
+
+
+def pixel_frames(latent_frames: int, first_of_scene: bool) -> int:
+    """Pixel frames a causal Wan decoder (VAE, TAEHV) makes of ``latent_frames``: 4F, or 4F - 3 at a scene start."""
+    return LATENT_TO_PIXEL_FRAMES * latent_frames - (LATENT_TO_PIXEL_FRAMES - 1 if first_of_scene else 0)
 
 
 @dataclass(frozen=True)
@@ -59,11 +66,33 @@ def blend_identity(steering: Steering) -> tuple | None:
     return (steering.prompt, steering.since_block)
 
 
+class PendingFrames(Future):
+    """A block's frames while they are still being decoded: a Future of the ``[N, H, W, 3]`` uint8 array.
+
+    It knows ``N`` (``len()``) before the frames exist, so the engine numbers the frames (``seq``) and
+    moves on to the next block at once; whoever needs the pixels calls ``result()``.
+    """
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count = int(count)
+        self.seconds = 0.0  # time the decode itself took; set before the result
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def resolve(frames: np.ndarray | PendingFrames) -> np.ndarray:
+    """The frames of a block, waiting for them if they are still being decoded."""
+    return frames.result() if isinstance(frames, Future) else frames
+
+
 @dataclass
 class Block:
-    """One block of decoded video: ``frames`` is ``[N, H, W, 3]`` uint8 RGB, C-contiguous."""
+    """One block of video: ``frames`` is ``[N, H, W, 3]`` uint8 RGB, C-contiguous, or
+    :class:`PendingFrames` of it (only from :meth:`Generator.submit_block`)."""
 
-    frames: np.ndarray
+    frames: np.ndarray | PendingFrames
     index: int  # block index since the scene started (reset sets it back to 0)
     first_frame: int  # frame number (since the scene started) of frames[0]
     state_id: int  # Steering.state_id that produced it
@@ -89,6 +118,13 @@ class Generator(ABC):
     @abstractmethod
     def next_block(self, steering: Steering) -> Block:
         """Produce the next block under ``steering`` (which may differ from the previous call's)."""
+
+    def submit_block(self, steering: Steering) -> Block:
+        """Like :meth:`next_block`, but ``frames`` may be :class:`PendingFrames` still decoding, so the
+        caller can start the next block while this one decodes (docs/SELF_FORCING.md, "Pipelining").
+        Blocks come out in call order; a ``reset`` also applies in call order. Default: ``next_block``.
+        """
+        return self.next_block(steering)
 
     def describe(self) -> dict[str, Any]:
         """Static facts for ``status``: model name, resolution, fps and anything else useful."""

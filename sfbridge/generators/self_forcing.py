@@ -214,7 +214,8 @@ class SelfForcingGenerator(StreamingGenerator):
                 "attn": self.attn, "attn_reason": self.attn_reason}
 
     def close(self) -> None:
-        del self.pipe, self.text, self.decoder
+        super().close()  # the decode worker first: it may still hold the decoder
+        del self.pipe, self.text, self.decoder, self.stage
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -3,7 +3,9 @@
 :class:`StreamingGenerator` applies steering at block boundaries (prompt / blend changes reset only
 the cross-attention cache, a seed change reseeds the noise, ``denoising_steps`` sets the step
 list) and turns each block's latents into uint8 frames through a :class:`FrameDecoder`; the
-subclasses only say where text embeddings come from.
+subclasses only say where text embeddings come from. A :class:`~sfbridge.generators.overlap.DecodeStage`
+runs the decoder: overlapped by default, so :meth:`StreamingGenerator.submit_block` returns as soon as
+the DiT is done and the decode runs while the caller starts the next block.
 """
 
 from __future__ import annotations
@@ -14,19 +16,43 @@ from typing import Any
 import numpy as np
 import torch
 
-from sfbridge.generators.base import NATIVE_FPS, Block, Generator, GeneratorError, Steering, blend_identity
+from sfbridge.generators.base import (
+    NATIVE_FPS,
+    Block,
+    Generator,
+    GeneratorError,
+    Steering,
+    blend_identity,
+    pixel_frames,
+    resolve,
+)
+from sfbridge.generators.overlap import DEFAULT_MAX_IN_FLIGHT, DecodeStage
 
 # ------------------------------------------------------------------------------------------------
 # Decoders: latents [1, F, 16, h, w] -> uint8 frames [N, H, W, 3] numpy, with a per-scene state
 
 
 class FrameDecoder:
-    """Streaming latent -> uint8 RGB decoder; ``reset`` starts a new scene (first block 9 frames)."""
+    """Streaming latent -> uint8 RGB decoder; ``reset`` starts a new scene (first block 9 frames).
+
+    Subclasses override :meth:`frames` (frames stay on the device; the decode stage copies them to
+    the host once per block) or :meth:`push` (host frames directly, e.g. a numpy decoder).
+    """
 
     name = "base"
 
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.frames is FrameDecoder.frames and cls.push is FrameDecoder.push:
+            raise TypeError(f"{cls.__name__} must override frames() or push()")
+
+    def frames(self, latents: torch.Tensor) -> torch.Tensor:
+        """[1, F, 16, h, w] latents -> uint8 [N, H, W, 3] on the decoder's device."""
+        return torch.from_numpy(np.ascontiguousarray(self.push(latents)))
+
     def push(self, latents: torch.Tensor) -> np.ndarray:
-        raise NotImplementedError
+        """[1, F, 16, h, w] latents -> uint8 [N, H, W, 3] numpy."""
+        return self.frames(latents).cpu().numpy()
 
     def reset(self) -> None:
         raise NotImplementedError
@@ -42,10 +68,10 @@ class VAEFrames(FrameDecoder):
 
         self.stream = StreamingVAEDecoder(vae, latent_frames_per_call)
 
-    def push(self, latents: torch.Tensor) -> np.ndarray:
+    def frames(self, latents: torch.Tensor) -> torch.Tensor:
         from sfbridge.model.vae import to_uint8_rgb
 
-        return to_uint8_rgb(self.stream.push(latents)).cpu().numpy()
+        return to_uint8_rgb(self.stream.push(latents))
 
     def reset(self) -> None:
         self.stream.reset()
@@ -61,10 +87,10 @@ class TAEHVFrames(FrameDecoder):
 
         self.stream = StreamingTAEHV(taehv)
 
-    def push(self, latents: torch.Tensor) -> np.ndarray:
+    def frames(self, latents: torch.Tensor) -> torch.Tensor:
         from sfbridge.model.taehv import frames_to_uint8
 
-        return frames_to_uint8(self.stream.push(latents)).cpu().numpy()
+        return frames_to_uint8(self.stream.push(latents))
 
     def reset(self) -> None:
         self.stream.reset()
@@ -77,8 +103,10 @@ class StreamingGenerator(Generator):
     """Endless block stream of a :class:`StreamPipeline` + :class:`FrameDecoder`; subclasses give text embeddings."""
 
     def __init__(self, pipe: Any, decoder: FrameDecoder, width: int, height: int, seed: int = 0,
-                 steps: tuple[float, ...] | list[float] | None = None) -> None:
+                 steps: tuple[float, ...] | list[float] | None = None, overlap: bool = True,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
         self.pipe, self.decoder = pipe, decoder
+        self.stage = DecodeStage(decoder, pipe.device, overlap=overlap, max_in_flight=max_in_flight)
         self.width, self.height, self.fps = int(width), int(height), NATIVE_FPS
         self.default_steps = tuple(float(s) for s in steps) if steps else tuple(pipe.cfg.denoising_step_list)
         self._steps: tuple[float, ...] = ()
@@ -89,7 +117,6 @@ class StreamingGenerator(Generator):
         self._last_embeds: torch.Tensor | None = None  # conditioning of the last block
         self._seed = int(seed)
         self._frame = 0
-        self._cuda = pipe.device.type == "cuda"
 
     # subclasses -----------------------------------------------------------------------------
     def _embeds(self, prompt: str) -> torch.Tensor:
@@ -131,29 +158,41 @@ class StreamingGenerator(Generator):
             self._last_embeds = e
         return alpha
 
+    def set_overlap(self, overlap: bool) -> None:
+        """Decode overlapped with the next DiT block (default) or serially, from the next reset on."""
+        self.stage.set_overlap(overlap)
+
     def reset(self, steering: Steering) -> None:
         self._seed = int(steering.seed)
         self.pipe.reset(self._seed)
-        self.decoder.reset()
+        self.stage.reset()  # queued behind the decodes of the old scene
         self._text_key = None
         self._blend, self._blend_from, self._last_embeds = None, None, None
         self._frame = 0
 
-    def _sync(self) -> None:
-        if self._cuda:
-            torch.cuda.synchronize()
+    def submit_block(self, steering: Steering) -> Block:
+        """DiT now; the decode overlapped (frames pending) or, serially, done before returning.
 
-    def next_block(self, steering: Steering) -> Block:
+        ``info``: ``dit_ms`` (host time of the DiT call: on CUDA, where nothing here synchronizes,
+        that is mostly launch time), ``decode_ms`` once decoded, ``blend_alpha``, ``steps``.
+        """
         t0 = time.perf_counter()
         alpha = self._apply(steering)
         index = self.pipe.block_index
         latents = self.pipe.next_block()  # [1, F, 16, h, w]
-        self._sync()
-        t1 = time.perf_counter()
-        frames = np.ascontiguousarray(self.decoder.push(latents))
-        t2 = time.perf_counter()
-        block = Block(frames=frames, index=index, first_frame=self._frame, state_id=steering.state_id,
-                      info={"dit_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1), "total_ms": 1e3 * (t2 - t0),
-                            "blend_alpha": alpha, "steps": list(self._steps)})
-        self._frame += len(frames)
+        count = pixel_frames(latents.shape[1], first_of_scene=self._frame == 0)
+        info = {"dit_ms": 1e3 * (time.perf_counter() - t0), "blend_alpha": alpha, "steps": list(self._steps)}
+        block = Block(frames=self.stage.submit(latents, count, info), index=index, first_frame=self._frame,
+                      state_id=steering.state_id, info=info)
+        self._frame += count
         return block
+
+    def next_block(self, steering: Steering) -> Block:
+        t0 = time.perf_counter()
+        block = self.submit_block(steering)
+        block.frames = resolve(block.frames)
+        block.info["total_ms"] = 1e3 * (time.perf_counter() - t0)
+        return block
+
+    def close(self) -> None:
+        self.stage.close()
