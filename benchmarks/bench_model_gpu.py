@@ -42,18 +42,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--width", type=int, default=832)
     ap.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["bf16", "fp16"])
     ap.add_argument("--cache", nargs="+", choices=["global", "rolling"], default=["global", "rolling"])
-    ap.add_argument("--attn", nargs="+", choices=["sdpa", "flash"], default=["sdpa", "flash"])
-    ap.add_argument("--window", type=int, default=12, help="rolling window in latent frames")
+    ap.add_argument("--attn", nargs="+", default=["sdpa", "flash"], help="attention backends to time")
+    ap.add_argument("--window", type=int, default=21, help="rolling window in latent frames (serve's default)")
     ap.add_argument("--sink", type=int, default=3)
     ap.add_argument("--steps", type=int, nargs="+", default=[1000, 750, 500, 250])
     ap.add_argument("--blocks", type=int, default=7, help="blocks timed per configuration")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="untimed blocks first (default: until the window is full, plus one evicting block)")
     ap.add_argument("--decoders", nargs="*", choices=["vae", "taehv"], default=["vae", "taehv"],
                     help="decoders to time per block (none: skip)")
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end DiT + decode timing")
     a = ap.parse_args(argv)
     if a.height % 16 or a.width % 16:
         ap.error("height and width must be multiples of 16")
+    if a.warmup is None:  # the steady state serve reaches after ~7 blocks at window 21
+        a.warmup = -(-a.window // 3) + 1
     return a
 
 
@@ -157,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         a.height, a.width = min(a.height, 64), min(a.width, 96)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, {'tiny' if a.tiny else '1.3B'} model, {a.height}x{a.width}, "
-          f"{len(a.steps)} steps + context pass, flash-attn available: {flash_available()}")
+          f"{len(a.steps)} steps + context pass, window {a.window} sink {a.sink}, warm-up {a.warmup} blocks, "
+          f"flash-attn available: {flash_available()}")
     print(f"{'dtype':5} {'cache':8} {'attn':5} {'ms/block':>9} {'FPS':>7} {'peak GiB':>9} {'cache GiB':>9}")
     for dt in a.dtype:
         dtype = DTYPES[dt]

@@ -187,14 +187,13 @@ class count:  # noqa: N801 - used as a context manager, reads like a function
         w.top_bytes = c.bytes_by_op.most_common(8)
 
 
-def analytic_dit_flops(dim: int, layers: int, ffn: int, heads_dim_total: int, q_tokens: int, kv_tokens: int,
-                       text_len: int, passes: int) -> float:
+def analytic_dit_flops(dim: int, layers: int, ffn: int, q_tokens: int, kv_tokens: int, text_len: int,
+                       passes: int) -> float:
     """Matmul + attention FLOPs of ``passes`` DiT calls (the count must agree; used by the tests).
 
     Per layer and query token: q,k,v,o (4 dim^2) + cross q,o (2 dim^2) + FFN (2 dim ffn) multiply-adds;
     attention 2 matmuls of q_tokens x kv_tokens x dim (self) and x text_len (cross); text K/V are cached.
     """
-    del heads_dim_total
     linear = 2 * q_tokens * (6 * dim * dim + 2 * dim * ffn)
     attn = 4 * q_tokens * (kv_tokens + text_len) * dim
     return float(passes * layers * (linear + attn))
