@@ -13,7 +13,7 @@ random model with its tiny VAE on the CPU, where DiT and decode share the cores.
 
     python benchmarks/bench_overlap.py [--model timed|tiny] [--dit-ms 60] [--decode-ms 60]
 
-:func:`compare` returns the numbers for other benchmarks (bench_model_cpu.py).
+:func:`compare` returns the numbers, :func:`measure` a flat summary for bench_model_cpu.py.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def make_generator(model: str, overlap: bool, dit_ms: float, decode_ms: float) -
     return gen
 
 
-def measure(gen: Generator, seconds: float, prompts: int, seed: int = 0) -> dict[str, Any]:
+def serve_and_measure(gen: Generator, seconds: float, prompts: int, seed: int = 0) -> dict[str, Any]:
     """Blocks/s and prompt-change latencies (s) of ``gen`` served by an in-process daemon (pace off)."""
     with tempfile.TemporaryDirectory(prefix="sfb-overlap-") as tmp:
         cfg = DaemonConfig(control=f"ipc://{tmp}/control", frames=f"ipc://{tmp}/frames", pace="off", prompt="bench")
@@ -156,11 +156,22 @@ def compare(model: str = "timed", dit_ms: float = 60.0, decode_ms: float = 60.0,
     """Serial and overlapped runs of the same generator kind; ratios overlapped / serial."""
     out: dict[str, Any] = {}
     for mode in ("serial", "overlapped"):
-        out[mode] = measure(make_generator(model, mode == "overlapped", dit_ms, decode_ms), seconds, prompts)
+        out[mode] = serve_and_measure(make_generator(model, mode == "overlapped", dit_ms, decode_ms), seconds, prompts)
     s, o = out["serial"], out["overlapped"]
     out["blocks_ratio"] = o["blocks_per_s"] / s["blocks_per_s"]
     out["latency_ratio"] = statistics.median(o["latency_s"]) / statistics.median(s["latency_s"])
     return out
+
+
+def measure(quick: bool = False, model: str = "tiny") -> dict[str, Any]:
+    """Flat numbers for bench_model_cpu.py: blocks/s and median prompt latency (ms), serial and overlapped."""
+    res = compare(model, seconds=2.0 if quick else 5.0, prompts=3 if quick else 8)
+    flat: dict[str, Any] = {"model": model, "blocks_ratio": round(res["blocks_ratio"], 3),
+                            "latency_ratio": round(res["latency_ratio"], 3)}
+    for mode in ("serial", "overlapped"):
+        flat[f"{mode}_blocks_per_s"] = round(res[mode]["blocks_per_s"], 3)
+        flat[f"{mode}_latency_ms"] = round(1e3 * statistics.median(res[mode]["latency_s"]), 1)
+    return flat
 
 
 def report(res: dict[str, Any]) -> str:

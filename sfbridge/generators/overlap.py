@@ -63,7 +63,9 @@ class CudaOps(DeviceOps):
 
     def __init__(self, device: torch.device, separate_stream: bool = True) -> None:
         self.device = device
-        self.stream = torch.cuda.Stream(device) if separate_stream else None
+        # High priority: the decode is the tail of every block's latency (a prompt change shows when
+        # its block is decoded); the next DiT block fills the GPU around it instead of slowing it down.
+        self.stream = torch.cuda.Stream(device, priority=-1) if separate_stream else None
 
     def handover(self, latents: torch.Tensor) -> Any:
         if self.stream is None:  # serial: same stream, stream order is enough
