@@ -132,3 +132,14 @@ def test_gpu_check_budget_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "kaputt" in res["attention"]["error"]  # recorded, and the run went on
     assert "time budget" in res["eager"]["skipped"]
     assert "kaputt" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_self_forcing_create_preset_refusals() -> None:
+    from sfbridge.generators.base import GeneratorError
+    from sfbridge.generators.self_forcing import create
+
+    with pytest.raises(GeneratorError, match="unknown preset 'ultra'"):
+        create(preset="ultra")
+    # explicit fp8 on a CPU device is refused before any file is read, with the reason
+    with pytest.raises(GeneratorError, match="device is cpu"):
+        create(preset="fast", fp8="on", device="cpu", model_dir="/nonexistent")

@@ -230,5 +230,24 @@ def _attention_backend(attn: str, dev: torch.device, dtype: torch.dtype, head_di
         raise GeneratorError(f"self-forcing: {e}") from e
 
 
-def create(**options: Any) -> SelfForcingGenerator:
-    return SelfForcingGenerator(**options)
+def create(preset: str | None = None, fp8: bool | str | None = None, **options: Any) -> SelfForcingGenerator:
+    """``preset`` (quality|balanced|fast, see sfbridge/model/presets.py) sets window, sink, decoder, steps
+    and fp8; explicit options win. FP8 converts the DiT's block linears before the warm-up block."""
+    from sfbridge.model.presets import FP8Unavailable, apply_fp8, fp8_problems, resolve
+
+    try:
+        opts = resolve(preset, fp8=fp8, **options)
+    except ValueError as e:
+        raise GeneratorError(f"self-forcing: {e}") from e
+    fp8_mode, warmup = opts.pop("fp8", "off"), opts.pop("warmup", True)
+    if fp8_mode in ("on", True) and (problems := fp8_problems(opts.get("device") or "cuda")):
+        raise GeneratorError("self-forcing: " + "; ".join(problems))  # before minutes of loading
+    gen = SelfForcingGenerator(warmup=False, **opts)
+    try:
+        gen.fp8 = apply_fp8(gen.pipe.model, fp8_mode, gen.device)
+    except FP8Unavailable as e:
+        gen.close()
+        raise GeneratorError(f"self-forcing: {e}") from e
+    if warmup:
+        gen._warmup()
+    return gen
