@@ -6,7 +6,7 @@ on the stream, where an ``applied`` event says at which block a ``state_id`` too
 frame header carries its ``state`` too, so a game knows exactly when the new look is on screen).
 
     sfbridge serve --model testsrc &
-    python examples/prompt_schedule.py
+    python examples/prompt_schedule.py    # endpoints: --control/--frames, else $SFBRIDGE_CONTROL/_FRAMES
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 
 import zmq
 
-from sfbridge.client import Client, DaemonUnavailable, RequestError
+from sfbridge import Client, DaemonUnavailable, RequestError
 from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES, EVENT_TOPIC, unpack
 
 # (seconds after start, prompt, transition)
@@ -31,18 +31,21 @@ SCHEDULE: list[tuple[float, str, str]] = [
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--control", default=DEFAULT_CONTROL)
-    p.add_argument("--frames", default=DEFAULT_FRAMES)
+    p.add_argument("--control", default=None, help=f"control endpoint [$SFBRIDGE_CONTROL or {DEFAULT_CONTROL}]")
+    p.add_argument("--frames", default=None, help=f"frames endpoint [$SFBRIDGE_FRAMES or {DEFAULT_FRAMES}]")
     p.add_argument("--seconds", type=float, default=None, help="stop after N s (default: schedule end + 4 s)")
     p.add_argument("--speed", type=float, default=1.0, help="play the schedule this many times faster")
-    p.add_argument("--blend-blocks", type=int, default=4)
+    p.add_argument("--blend-blocks", type=int, default=4, help="length of each blend in blocks [%(default)s]")
     p.add_argument("--headless", action="store_true", help="accepted for symmetry; this example has no window")
     a = p.parse_args(argv)
 
     duration = a.seconds if a.seconds is not None else SCHEDULE[-1][0] / a.speed + 4.0
-    client = Client(control=a.control, timeout=2.0, retries=1)
     try:
+        client = Client(control=a.control, frames=a.frames, timeout=2.0, retries=1)  # None: SFBRIDGE_* or default
         client.ping()
+    except ValueError as exc:  # a malformed endpoint
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except DaemonUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     events = zmq.Context.instance().socket(zmq.SUB)
     events.setsockopt(zmq.LINGER, 0)
     events.setsockopt(zmq.SUBSCRIBE, EVENT_TOPIC.encode())
-    events.connect(a.frames)
+    events.connect(client.frames_endpoint)
     time.sleep(0.2)  # let the subscription reach the daemon so the first `applied` is not missed
 
     pending = list(SCHEDULE)

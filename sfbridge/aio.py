@@ -21,19 +21,24 @@ from sfbridge.client import (
     DaemonUnavailable,
     Frame,
     FrameKey,
+    client_endpoints,
     decode_frame,
+    prompt_args,
     reply_result,
+    request_body,
     unavailable,
 )
-from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES, EVENT_TOPIC, FRAME_FORMATS, pack, unpack
+from sfbridge.protocol import EVENT_TOPIC, FRAME_FORMATS, unpack
 
 log = logging.getLogger("sfbridge.client")
 
 
 class AsyncClient:
-    def __init__(self, control: str = DEFAULT_CONTROL, frames: str = DEFAULT_FRAMES,
+    """Endpoints resolve as for :class:`sfbridge.Client`: arguments, then ``SFBRIDGE_*``, then defaults."""
+
+    def __init__(self, control: str | None = None, frames: str | None = None,
                  timeout: float = REQUEST_TIMEOUT_S, retries: int = REQUEST_RETRIES) -> None:
-        self.control_endpoint, self.frames_endpoint = control, frames
+        self.control_endpoint, self.frames_endpoint = client_endpoints(control, frames)
         self.timeout, self.retries = timeout, retries
         self.ctx = zmq.asyncio.Context.instance()
         self._ids = itertools.count(1)
@@ -53,7 +58,7 @@ class AsyncClient:
 
     async def request(self, op: str, **args: Any) -> dict:
         rid = next(self._ids)
-        body = pack({"op": op, "id": rid, **args})
+        body = request_body(op, rid, args)
         for _attempt in range(self.retries):
             sock = self._socket()
             await sock.send(body)
@@ -67,8 +72,8 @@ class AsyncClient:
     async def status(self) -> dict:
         return await self.request("status")
 
-    async def set_prompt(self, text: str, transition: str = "cut", blend_blocks: int = 4) -> dict:
-        return await self.request("prompt", text=text, transition=transition, blend_blocks=blend_blocks)
+    async def set_prompt(self, text: str, transition: str = "cut", blend_blocks: int | None = None) -> dict:
+        return await self.request("prompt", **prompt_args(text, transition, blend_blocks))
 
     async def set_seed(self, seed: int) -> dict:
         return await self.request("seed", seed=seed)

@@ -3,6 +3,10 @@
 The settings a project pins once read ``SFBRIDGE_<NAME>`` environment variables as defaults:
 ``CONTROL`` and ``FRAMES`` (every command), ``LOG_LEVEL``, and for ``serve`` ``MODEL``, ``PROMPT``,
 ``SEED``, ``PACE``, ``MODEL_DIR``. One-off arguments (a ``reset --seed``, say) deliberately do not.
+
+Variables are read after parsing, not as parser defaults: a bad ``SFBRIDGE_SEED`` must not break
+``sfbridge --help`` or ``sfbridge status``, and its error must name the variable, not ``--seed``.
+Anything a user can type ends in one ``error:`` line and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,18 +15,29 @@ import argparse
 import json
 import logging
 import logging.config
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sfbridge import __version__
-from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES
+from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES, MAX_BLEND_BLOCKS, MAX_SEED
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_USAGE = 2  # a bad option or SFBRIDGE_* value (argparse uses 2 too)
 EXIT_UNAVAILABLE = 3  # the daemon did not answer
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a SIGINT death
+EXIT_BROKEN_PIPE = 141  # reader went away (`sfbridge status | head`), as a shell reports a SIGPIPE death
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+STEP_RANGE = (1, 1000)  # protocol.py: each denoising step is a timestep in 1..1000
+log = logging.getLogger("sfbridge.cli")
+
+
+class UsageError(Exception):
+    """A setting the user gave is unusable; the message names it, its value and what is accepted."""
 
 
 def configure_logging(level: str) -> None:
@@ -40,44 +55,156 @@ def env(name: str, default: str | None) -> str | None:
     return os.environ.get(f"SFBRIDGE_{name.upper().replace('-', '_')}", default)
 
 
-def _add_endpoints(p: argparse.ArgumentParser, frames: bool = False) -> None:
-    p.add_argument("--control", default=env("control", DEFAULT_CONTROL),
-                   help="control endpoint (ROUTER) [%(default)s]")
+# --- value types: each raises ArgumentTypeError saying what is accepted (argparse prints it as is) ---------
+
+
+def int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < lo or (hi is not None and value > hi):
+            accepted = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"must be an integer {accepted}, got {text!r}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def seed_value(text: str) -> int:
+    try:
+        return int_range(0, MAX_SEED)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..2^63-1, got {text!r}") from None
+
+
+def float_min(lo: float, inclusive: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < lo or (value == lo and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be a number {'>=' if inclusive else '>'} {lo:g}, got {text!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def model_name(text: str) -> str:
+    from sfbridge.generators import available
+
+    names = ["auto", *available()]
+    if text not in names:
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose from {', '.join(names)}")
+    return text
+
+
+# Settings read from SFBRIDGE_* after parsing when the option was not given: dest -> (type, default).
+ENV_SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
+    "log_level": (one_of(*LOG_LEVELS), "info"),
+    "model": (model_name, "auto"),
+    "prompt": (str, None),
+    "seed": (seed_value, 0),
+    "pace": (one_of("native", "off"), "native"),
+    "model_dir": (str, None),
+}
+SERVE_ONLY = ("model", "prompt", "seed", "pace", "model_dir")  # `reset --seed` does not read SFBRIDGE_SEED
+
+
+def apply_environment(a: argparse.Namespace) -> None:
+    """Fill settings left out on the command line from ``SFBRIDGE_*``, then defaults; check endpoints."""
+    from sfbridge.endpoints import check_distinct, resolve_endpoint
+
+    for dest, (parse, default) in ENV_SETTINGS.items():
+        if (dest in SERVE_ONLY and a.command != "serve") or getattr(a, dest) is not None:
+            continue
+        var = f"SFBRIDGE_{dest.upper()}"
+        raw = os.environ.get(var)
+        if raw:
+            try:
+                default = parse(raw)
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                raise UsageError(f"{var}={raw!r}: {exc}") from None
+        setattr(a, dest, default)
+    found = {}
+    for name in ("control", "frames"):
+        if hasattr(a, name):
+            try:
+                found[name] = resolve_endpoint(name, getattr(a, name), f"--{name}")
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            setattr(a, name, found[name][0])
+    if len(found) == 2:
+        try:
+            check_distinct(found["control"], found["frames"])
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    timeout = getattr(a, "timeout", 1.0)
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout:g}")
+
+
+# --- parser ----------------------------------------------------------------------------------------------
+
+ENDPOINT_HELP = {"control": f"control endpoint (ROUTER) [$SFBRIDGE_CONTROL or {DEFAULT_CONTROL}]",
+                 "frames": f"frame stream endpoint (XPUB) [$SFBRIDGE_FRAMES or {DEFAULT_FRAMES}]"}
+
+
+def _add_endpoints(p: argparse.ArgumentParser, frames: bool = False, timeout: bool = True) -> None:
+    p.add_argument("--control", default=None, help=ENDPOINT_HELP["control"])
     if frames:
-        p.add_argument("--frames", default=env("frames", DEFAULT_FRAMES),
-                       help="frame stream endpoint (XPUB) [%(default)s]")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds per request try [%(default)s]")
+        p.add_argument("--frames", default=None, help=ENDPOINT_HELP["frames"])
+    if timeout:
+        p.add_argument("--timeout", type=float_min(0, False), default=2.0,
+                       help="seconds per request try [%(default)s]")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfbridge", description="Real-time generated video for games and VR.")
     parser.add_argument("--version", action="version", version=f"sfbridge {__version__}")
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default=env("log_level", "info"))
+    log_help = "log detail on stderr [$SFBRIDGE_LOG_LEVEL or info]"
+    parser.add_argument("--log-level", type=one_of(*LOG_LEVELS), metavar="{" + ",".join(LOG_LEVELS) + "}",
+                        default=None, help=log_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the daemon", description="Run the sfbridge daemon.")
-    p.add_argument("--model", default=env("model", "auto"),
+    p.add_argument("--model", type=model_name, default=None,
                    help="generator: testsrc, tiny, self-forcing, or auto (self-forcing when its files and a "
-                        "CUDA GPU are there, else testsrc with a warning) [%(default)s]")
-    p.add_argument("--control", default=env("control", DEFAULT_CONTROL), help="control endpoint [%(default)s]")
-    p.add_argument("--frames", default=env("frames", DEFAULT_FRAMES), help="frames endpoint [%(default)s]")
-    p.add_argument("--width", type=int, default=None, help="frame width (testsrc default 832)")
-    p.add_argument("--height", type=int, default=None, help="frame height (testsrc default 480)")
-    p.add_argument("--prompt", default=env("prompt", None), help="initial prompt")
-    p.add_argument("--seed", type=int, default=int(env("seed", "0") or 0), help="initial seed [%(default)s]")
-    p.add_argument("--jpeg-quality", type=int, default=85, help="JPEG quality 1-100 [%(default)s]")
-    p.add_argument("--pace", choices=("native", "off"), default=env("pace", "native"),
-                   help="native: 16 fps or the production rate; off: publish as soon as decoded")
-    p.add_argument("--sndhwm", type=int, default=4, help="frames queued per subscriber before dropping")
-    p.add_argument("--block-delay", type=float, default=0.0,
+                        "CUDA GPU are there, else testsrc with a warning) [$SFBRIDGE_MODEL or auto]")
+    _add_endpoints(p, frames=True, timeout=False)
+    p.add_argument("--width", type=int_range(2), default=None,
+                   help="frame width, even (testsrc: 16..8192, default 832; tiny/self-forcing: multiple of 16)")
+    p.add_argument("--height", type=int_range(2), default=None, help="frame height, even (testsrc default 480)")
+    p.add_argument("--prompt", default=None, help="initial prompt [$SFBRIDGE_PROMPT or a landscape]")
+    p.add_argument("--seed", type=seed_value, default=None, help="initial seed, 0..2^63-1 [$SFBRIDGE_SEED or 0]")
+    p.add_argument("--jpeg-quality", type=int_range(1, 100), default=85, help="JPEG quality 1-100 [%(default)s]")
+    p.add_argument("--pace", type=one_of("native", "off"), metavar="{native,off}", default=None,
+                   help="native: 16 fps or the production rate; off: publish as soon as decoded "
+                        "[$SFBRIDGE_PACE or native]")
+    p.add_argument("--sndhwm", type=int_range(0), default=4,
+                   help="frames queued per subscriber before dropping [%(default)s]")
+    p.add_argument("--block-delay", type=float_min(0, True), default=0.0,
                    help="testsrc only: seconds per block, to simulate a slow GPU")
-    p.add_argument("--model-dir", default=env("model_dir", None), help="folder with the model files")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="model precision")
+    p.add_argument("--model-dir", default=None, help="folder with the model files [$SFBRIDGE_MODEL_DIR]")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="model precision (self-forcing)")
     p.add_argument("--decoder", choices=("vae", "taehv", "preview"), default=None,
                    help="latent decoder: vae or taehv (self-forcing), vae or preview (tiny)")
-    p.add_argument("--window", type=int, default=None, help="attention window in latent frames")
-    p.add_argument("--sink", type=int, default=None, help="sink frames kept at the window start")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument("--window", type=int, default=None, help="attention window in latent frames (tiny, self-forcing)")
+    p.add_argument("--sink", type=int, default=None, help="sink frames kept at the window start (tiny, self-forcing)")
+    p.add_argument("--device", default=None, help="torch device for self-forcing (default: cuda)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="print the daemon's status as JSON")
@@ -85,20 +212,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: _request(a, "status"))
 
     p = sub.add_parser("prompt", help="change the prompt while the stream runs")
-    p.add_argument("text")
-    p.add_argument("--transition", choices=("cut", "blend"), default="cut")
-    p.add_argument("--blend-blocks", type=int, default=4)
+    p.add_argument("text", help="the new prompt")
+    p.add_argument("--transition", choices=("cut", "blend"), default="cut",
+                   help="cut: switch at the next block; blend: fade over --blend-blocks blocks [%(default)s]")
+    p.add_argument("--blend-blocks", type=int, default=None,
+                   help=f"blocks a blend takes, 1..{MAX_BLEND_BLOCKS} (only with --transition blend) [4]")
     _add_endpoints(p)
-    p.set_defaults(func=lambda a: _request(a, "prompt", text=a.text, transition=a.transition,
-                                           blend_blocks=a.blend_blocks))
+    p.set_defaults(func=cmd_prompt)
 
     p = sub.add_parser("seed", help="change the noise seed from the next block on")
-    p.add_argument("seed", type=int)
+    p.add_argument("seed", type=seed_value, help="the new seed, 0..2^63-1")
     _add_endpoints(p)
     p.set_defaults(func=lambda a: _request(a, "seed", seed=a.seed))
 
     p = sub.add_parser("steps", help="set the denoising step list, e.g. 1000 750 500 250")
-    p.add_argument("steps", type=int, nargs="+")
+    p.add_argument("steps", type=int_range(*STEP_RANGE), nargs="+",
+                   help="1 to 4 timesteps in 1..1000, strictly decreasing (models with steps only)")
     _add_endpoints(p)
     p.set_defaults(func=lambda a: _request(a, "steps", steps=a.steps))
 
@@ -108,28 +237,61 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=lambda a, op=op: _request(a, op))
 
     p = sub.add_parser("reset", help="start a new scene (clears caches)")
-    p.add_argument("--prompt", default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--prompt", default=None, help="prompt of the new scene [keep the current one]")
+    p.add_argument("--seed", type=seed_value, default=None, help="seed of the new scene, 0..2^63-1 [keep]")
     _add_endpoints(p)
     p.set_defaults(func=lambda a: _request(a, "reset", **{k: v for k, v in (("prompt", a.prompt),
                                                                            ("seed", a.seed)) if v is not None}))
 
     p = sub.add_parser("record", help="record what the stream shows to a video file")
-    p.add_argument("output", help="output file, e.g. out.mp4")
-    p.add_argument("--seconds", type=float, default=10.0, help="length to record [%(default)s]")
+    p.add_argument("output", help="output file: .mp4, .mkv, .mov or .avi (H.264)")
+    p.add_argument("--seconds", type=float_min(0, False), default=10.0, help="stream time to record [%(default)s]")
     p.add_argument("--format", choices=("rgb24", "jpeg"), default="rgb24",
                    help="stream format to record from (rgb24 = exact pixels) [%(default)s]")
-    p.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better [%(default)s]")
+    p.add_argument("--crf", type=int_range(0, 51), default=18,
+                   help="H.264 quality 0..51, lower is better [%(default)s]")
+    p.add_argument("--wait", type=float_min(0, False), default=15.0,
+                   help="seconds without a frame before giving up [%(default)s]")
     _add_endpoints(p, frames=True)
     p.set_defaults(func=cmd_record)
 
     for extra in _EXTRA_COMMANDS.values():
         extra(sub)
+    # `sfbridge status --log-level debug` works too; SUPPRESS keeps a top-level --log-level when absent here.
+    for cmd in sub.choices.values():
+        cmd.add_argument("--log-level", type=one_of(*LOG_LEVELS), metavar="{" + ",".join(LOG_LEVELS) + "}",
+                         default=argparse.SUPPRESS, help=log_help)
     return parser
 
 
 # Later subcommands (view, doctor) register themselves here by name without touching the others.
 _EXTRA_COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
+
+# serve options -> the models that use them; the rest are dropped with a warning (--model auto: self-forcing's).
+MODEL_OPTIONS = {"model_dir": ("self-forcing",), "dtype": ("self-forcing",), "device": ("self-forcing",),
+                 "decoder": ("tiny", "self-forcing"), "window": ("tiny", "self-forcing"),
+                 "sink": ("tiny", "self-forcing"), "block_delay": ("testsrc",)}
+
+
+def model_options(a: argparse.Namespace) -> dict[str, Any]:
+    """Generator options for ``a.model``; odd sizes are refused, options it ignores are warned about."""
+    for name in ("width", "height"):
+        value = getattr(a, name)
+        if value is not None and value % 2:
+            raise UsageError(f"--{name} {value} is odd; frame sizes must be even (H.264/yuv420p recording and "
+                             f"the models need them), e.g. {value + 1}")
+    options = {k: v for k, v in (("width", a.width), ("height", a.height), ("seed", a.seed)) if v is not None}
+    target = "self-forcing" if a.model == "auto" else a.model
+    for dest, models in MODEL_OPTIONS.items():
+        value = getattr(a, dest)
+        if value is None or (dest == "block_delay" and not value):
+            continue
+        if target in models:
+            options[dest] = value
+        else:
+            log.warning("--%s has no effect with --model %s (used by %s only)", dest.replace("_", "-"), a.model,
+                        " and ".join(models))
+    return options
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -138,23 +300,32 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from sfbridge.daemon import DEFAULT_PROMPT, DaemonConfig, serve
     from sfbridge.generators import GeneratorError
 
-    options = {k: v for k, v in (("width", a.width), ("height", a.height), ("model_dir", a.model_dir),
-                                 ("dtype", a.dtype), ("decoder", a.decoder), ("window", a.window),
-                                 ("sink", a.sink), ("device", a.device), ("seed", a.seed)) if v is not None}
-    if a.block_delay:
-        options["block_delay"] = a.block_delay
+    options = model_options(a)
     try:
         config = DaemonConfig(model=a.model, control=a.control, frames=a.frames,
                               prompt=a.prompt or DEFAULT_PROMPT, seed=a.seed, jpeg_quality=a.jpeg_quality,
                               pace=a.pace, sndhwm=a.sndhwm, model_options=options)
         return serve(config)
     except (GeneratorError, ValueError) as exc:
-        logging.getLogger("sfbridge.cli").error("%s", exc)
+        log.error("%s", exc)
         return EXIT_ERROR
     except zmq.ZMQError as exc:
-        logging.getLogger("sfbridge.cli").error("cannot bind %s / %s: %s (another daemon running?)",
-                                                a.control, a.frames, exc)
+        log.error("cannot bind %s / %s: %s (another daemon running?)", a.control, a.frames, exc)
         return EXIT_ERROR
+
+
+def cmd_prompt(a: argparse.Namespace) -> int:
+    """``--blend-blocks`` is checked (and sent) only with a blend: a cut has no length."""
+    args: dict[str, Any] = {"text": a.text, "transition": a.transition}
+    if a.blend_blocks is None:
+        pass
+    elif a.transition != "blend":
+        log.warning("--blend-blocks has no effect with --transition %s", a.transition)
+    elif not 1 <= a.blend_blocks <= MAX_BLEND_BLOCKS:
+        raise UsageError(f"--blend-blocks must be in 1..{MAX_BLEND_BLOCKS} for a blend, got {a.blend_blocks}")
+    else:
+        args["blend_blocks"] = a.blend_blocks
+    return _request(a, "prompt", **args)
 
 
 def _request(a: argparse.Namespace, op: str, **args: object) -> int:
@@ -175,22 +346,44 @@ def _request(a: argparse.Namespace, op: str, **args: object) -> int:
 
 def cmd_record(a: argparse.Namespace) -> int:
     from sfbridge.client import DaemonUnavailable
-    from sfbridge.record import record
+    from sfbridge.record import RecordError, record
 
     try:
-        n = record(a.output, seconds=a.seconds, control=a.control, frames=a.frames, fmt=a.format, crf=a.crf)
+        result = record(a.output, seconds=a.seconds, control=a.control, frames=a.frames, fmt=a.format, crf=a.crf,
+                        wait=a.wait, timeout=a.timeout)
+    except RecordError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except DaemonUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    print(f"wrote {n} frames to {a.output}")
+    if result.interrupted:
+        done = f"wrote {result.frames} frames to {a.output}" if result.frames else "nothing written"
+        print(f"interrupted: {done}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"wrote {result.frames} frames to {a.output}")
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     _load_extra_commands()
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
-    return int(args.func(args) or 0)
+    try:
+        apply_environment(args)
+        configure_logging(args.log_level)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe fails here, inside the handler, not at interpreter exit
+        return code
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader (`| head`) has what it wanted; stop quietly like any Unix filter.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _load_extra_commands() -> None:

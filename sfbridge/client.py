@@ -19,15 +19,8 @@ import numpy as np
 import zmq
 
 from sfbridge.encoders import decode_jpeg
-from sfbridge.protocol import (
-    DEFAULT_CONTROL,
-    DEFAULT_FRAMES,
-    EVENT_TOPIC,
-    FRAME_FORMATS,
-    PROTOCOL_VERSION,
-    pack,
-    unpack,
-)
+from sfbridge.endpoints import check_distinct, resolve_endpoint
+from sfbridge.protocol import EVENT_TOPIC, FRAME_FORMATS, MAX_SEED, PROTOCOL_VERSION, pack, unpack
 
 log = logging.getLogger("sfbridge.client")
 
@@ -99,6 +92,46 @@ class FrameKey:
         return True
 
 
+def client_endpoints(control: str | None, frames: str | None) -> tuple[str, str]:
+    """Endpoints for a client: arguments win, then ``SFBRIDGE_CONTROL`` / ``SFBRIDGE_FRAMES``, then the
+    defaults, so a script run next to the CLI steers the same daemon. Raises ValueError naming a bad one.
+
+    The two must differ when both come from the same place (arguments, or environment and defaults);
+    a client given only ``control`` is not refused over a frames endpoint it may never use.
+    """
+    c = resolve_endpoint("control", control)
+    f = resolve_endpoint("frames", frames)
+    if (control is None) == (frames is None):
+        check_distinct(c, f)
+    return c[0], f[0]
+
+
+def request_body(op: str, rid: int, args: dict[str, Any]) -> bytes:
+    """Pack a request; a value msgpack cannot carry (an int past 64 bits, say) is a ValueError, not an
+    OverflowError from deep inside msgpack."""
+    if "seed" in args:
+        check_seed(args["seed"])
+    try:
+        return pack({"op": op, "id": rid, **args})
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise ValueError(f"request {op!r} cannot be encoded: {exc}") from None
+
+
+def check_seed(seed: int) -> int:
+    """Seeds are in the protocol's range 0..2^63-1 (docs/PROTOCOL.md); checked before sending."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in 0..{MAX_SEED} (2^63-1), got {seed!r}")
+    return seed
+
+
+def prompt_args(text: str, transition: str, blend_blocks: int | None) -> dict[str, Any]:
+    """``blend_blocks`` only travels with a blend: it means nothing for a cut, so it is not checked there."""
+    args: dict[str, Any] = {"text": text, "transition": transition}
+    if transition == "blend" and blend_blocks is not None:
+        args["blend_blocks"] = blend_blocks
+    return args
+
+
 def decode_frame(fmt: str, header: dict, payload: bytes) -> np.ndarray:
     if fmt == "jpeg":
         return decode_jpeg(payload)
@@ -111,13 +144,16 @@ def decode_frame(fmt: str, header: dict, payload: bytes) -> np.ndarray:
 
 
 class Client:
-    """Synchronous client. Not thread-safe: use one per thread (they are cheap)."""
+    """Synchronous client. Not thread-safe: use one per thread (they are cheap).
 
-    def __init__(self, control: str = DEFAULT_CONTROL, frames: str = DEFAULT_FRAMES,
+    ``control`` / ``frames`` default to ``$SFBRIDGE_CONTROL`` / ``$SFBRIDGE_FRAMES``, then to
+    tcp://127.0.0.1:5555 / :5556; a malformed endpoint raises ValueError here, not at the first request.
+    """
+
+    def __init__(self, control: str | None = None, frames: str | None = None,
                  timeout: float = REQUEST_TIMEOUT_S, retries: int = REQUEST_RETRIES,
                  context: zmq.Context | None = None) -> None:
-        self.control_endpoint = control
-        self.frames_endpoint = frames
+        self.control_endpoint, self.frames_endpoint = client_endpoints(control, frames)
         self.timeout = timeout
         self.retries = retries
         self.ctx = context or zmq.Context.instance()
@@ -142,7 +178,7 @@ class Client:
     def request(self, op: str, **args: Any) -> dict:
         """Send one request, return its ``result``; raises RequestError or DaemonUnavailable."""
         rid = next(self._ids)
-        body = pack({"op": op, "id": rid, **args})
+        body = request_body(op, rid, args)
         for attempt in range(1, self.retries + 1):
             sock = self._socket()
             sock.send(body)
@@ -161,8 +197,9 @@ class Client:
     def status(self) -> dict:
         return self.request("status")
 
-    def set_prompt(self, text: str, transition: str = "cut", blend_blocks: int = 4) -> dict:
-        return self.request("prompt", text=text, transition=transition, blend_blocks=blend_blocks)
+    def set_prompt(self, text: str, transition: str = "cut", blend_blocks: int | None = None) -> dict:
+        """``blend_blocks``: length of a ``blend`` (daemon default 4); ignored for a cut."""
+        return self.request("prompt", **prompt_args(text, transition, blend_blocks))
 
     def set_seed(self, seed: int) -> dict:
         return self.request("seed", seed=seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import subprocess
@@ -50,9 +51,9 @@ def test_cli_controls_a_running_daemon(served):
     res = ctl(served, "prompt", "a lighthouse in a storm", "--transition", "blend", "--blend-blocks", "2")
     assert res["state_id"] > st["state_id"]
     assert ctl(served, "seed", "123")["state_id"] == res["state_id"] + 1
-    assert ctl(served, "pause") == {"paused": True}
+    assert ctl(served, "pause")["paused"] is True
     assert ctl(served, "status")["paused"] is True
-    assert ctl(served, "resume") == {"paused": False}
+    assert ctl(served, "resume")["paused"] is False
     st2 = ctl(served, "status")
     assert st2["prompt"] == "a lighthouse in a storm" and st2["seed"] == 123
     r = sfb("steps", "1000", "500", "--control", served.control)
@@ -63,6 +64,8 @@ def test_record_writes_a_playable_video(served, tmp_path):
     out = tmp_path / "out.mp4"
     r = sfb("record", str(out), "--seconds", "1.5", "--control", served.control, "--frames", served.frames)
     assert r.returncode == 0, r.stderr
+    # The result is reported once, on stdout (the library no longer logs it a second time).
+    assert r.stdout.count("wrote 24 frames") == 1 and "recorded" not in r.stderr, (r.stdout, r.stderr)
     with av.open(str(out)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 24 and frames[0].shape == (80, 128, 3)
@@ -90,4 +93,37 @@ def test_serve_refuses_a_busy_port(served):
 
 def test_serve_unknown_model_is_clear():
     r = sfb("serve", "--model", "nope", "--control", f"tcp://127.0.0.1:{free_port()}")
-    assert r.returncode == 1 and "unknown model 'nope'" in r.stderr
+    assert r.returncode == 2 and "unknown model 'nope'" in r.stderr and "Traceback" not in r.stderr
+
+
+def all_subparsers() -> dict[str, argparse.ArgumentParser]:
+    from sfbridge.cli import _load_extra_commands
+
+    _load_extra_commands()
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {"sfbridge": parser, **sub.choices}
+
+
+def test_every_option_and_positional_has_help():
+    missing = [f"{name} {action.dest}" for name, p in all_subparsers().items() for action in p._actions
+               if not action.help and not isinstance(action, argparse._SubParsersAction)]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_log_level_before_or_after_the_command(where):
+    argv = ["--log-level", "debug", "status"] if where == "before" else ["status", "--log-level", "debug"]
+    assert build_parser().parse_args(argv).log_level == "debug"
+    # Given nowhere, it stays unset for apply_environment (SFBRIDGE_LOG_LEVEL, then info).
+    assert build_parser().parse_args(["status"]).log_level is None
+    # A subcommand's own --log-level wins over the top-level one.
+    assert build_parser().parse_args(["--log-level", "error", "ping", "--log-level", "debug"]).log_level == "debug"
+
+
+def test_log_level_after_the_command_takes_effect():
+    """The client logs each unanswered try at info: shown with info, hidden with warning."""
+    dead = ["status", "--control", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.2"]
+    shown, hidden = sfb(*dead, "--log-level", "info"), sfb(*dead, "--log-level", "warning")
+    assert shown.returncode == hidden.returncode == 3
+    assert "no reply to 'status'" in shown.stderr and "no reply to 'status'" not in hidden.stderr
