@@ -82,8 +82,8 @@ class PromptSender(threading.Thread):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--control", default=DEFAULT_CONTROL)
-    p.add_argument("--frames", default=DEFAULT_FRAMES)
+    p.add_argument("--control", default=None, help=f"control endpoint [$SFBRIDGE_CONTROL or {DEFAULT_CONTROL}]")
+    p.add_argument("--frames", default=None, help=f"frames endpoint [$SFBRIDGE_FRAMES or {DEFAULT_FRAMES}]")
     p.add_argument("--format", choices=("jpeg", "rgb24"), default="jpeg")
     p.add_argument("--size", default="832x480", help="window size WxH")
     p.add_argument("--seconds", type=float, default=None, help="quit after N s")
@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     except DaemonUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except ValueError as exc:  # a malformed endpoint (argument or SFBRIDGE_*)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     import pygame
 

@@ -51,10 +51,6 @@ def configure_logging(level: str) -> None:
     })
 
 
-def env(name: str, default: str | None) -> str | None:
-    return os.environ.get(f"SFBRIDGE_{name.upper().replace('-', '_')}", default)
-
-
 # --- value types: each raises ArgumentTypeError saying what is accepted (argparse prints it as is) ---------
 
 

@@ -536,7 +536,24 @@ def _save_screenshot(pygame: Any, screen: Any, path: str, header: dict[str, Any]
 # CLI
 
 
+def missing_display() -> str | None:
+    """Why no window can open, or None. Without this check pygame falls back to an off-screen driver
+    on a headless Linux box and the viewer "runs" invisibly with exit code 0."""
+    if sys.platform in ("win32", "darwin") or os.environ.get("SDL_VIDEODRIVER"):
+        return None  # no X/Wayland variables there, or the user chose a driver on purpose
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    return ("no display: DISPLAY and WAYLAND_DISPLAY are unset, so no window can open; run it in a desktop "
+            "session, set SDL_VIDEODRIVER, or use --screenshot FILE")
+
+
 def cmd_view(a: argparse.Namespace) -> int:
+    problem = missing_display()
+    if problem and not a.screenshot:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_ERROR
+    if problem:  # a screenshot needs no screen: render into SDL's dummy driver
+        os.environ["SDL_VIDEODRIVER"] = "dummy"
     opts = ViewerOptions(control=a.control, frames=a.frames, fmt=a.format, size=a.size,
                          overlay=not a.no_overlay, screenshot=a.screenshot,
                          screenshot_after=max(1, a.screenshot_after), seconds=a.seconds, timeout=a.timeout,
@@ -549,14 +566,15 @@ def cmd_view(a: argparse.Namespace) -> int:
 
 
 def add_view_parser(sub: argparse._SubParsersAction) -> None:
-    from sfbridge.cli import env
+    from sfbridge.cli import ENDPOINT_HELP
 
     p = sub.add_parser("view", help="show the stream in a window and steer it",
                        description="Show the live stream in a pygame window. Keys: Enter/T type a prompt "
                                    "(Enter sends, Esc cancels), Tab cut/blend, Space pause/resume, R reset, "
                                    "S random seed, F1/H overlay, Esc quit.")
-    p.add_argument("--control", default=env("control", DEFAULT_CONTROL), help="control endpoint [%(default)s]")
-    p.add_argument("--frames", default=env("frames", DEFAULT_FRAMES), help="frames endpoint [%(default)s]")
+    # None: sfbridge.cli resolves $SFBRIDGE_CONTROL / $SFBRIDGE_FRAMES and checks the endpoints after parsing
+    p.add_argument("--control", default=None, help=ENDPOINT_HELP["control"])
+    p.add_argument("--frames", default=None, help=ENDPOINT_HELP["frames"])
     p.add_argument("--timeout", type=float, default=2.0, help="seconds per control request [%(default)s]")
     p.add_argument("--format", choices=FRAME_FORMATS, default="jpeg", help="stream format [%(default)s]")
     p.add_argument("--size", type=parse_size, default=None, help="window size WxH (default: frame size)")
