@@ -306,7 +306,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
         log.error("%s", exc)
         return EXIT_ERROR
     except zmq.ZMQError as exc:
-        log.error("cannot bind %s / %s: %s (another daemon running?)", a.control, a.frames, exc)
+        hint = " (another daemon running?)" if exc.errno == zmq.EADDRINUSE else ""
+        log.error("cannot bind %s / %s: %s%s", a.control, a.frames, exc, hint)
         return EXIT_ERROR
 
 
