@@ -56,16 +56,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def tiny_pipeline(a: argparse.Namespace, compile: bool = False) -> StreamPipeline:
-    """The tiny generator's DiT on a rolling window, prompt set; ``compile`` if the pipeline supports it."""
+def tiny_pipeline(a: argparse.Namespace, compile: Any = None) -> StreamPipeline:
+    """The tiny generator's DiT on a rolling window, prompt set; compiled with backend ``compile`` if given."""
     from sfbridge.generators.tiny import TINY_CONFIG, text_embedding
 
     cfg = StreamConfig(latent_h=a.height // 8, latent_w=a.width // 8, local_attn_size=a.window, sink_size=a.sink)
     kw: dict[str, Any] = {}
-    if compile:
+    if compile is not None:
         if "compile" not in inspect.signature(StreamPipeline).parameters:
             raise RuntimeError("this StreamPipeline has no compile option")
-        kw = dict(compile=True, compile_backend=a.compile_backend)
+        kw = dict(compile=True, compile_backend=compile)
     pipe = StreamPipeline(random_model(TINY_CONFIG, seed=0), cfg, seed=0, **kw)
     pipe.set_prompt_embeds(text_embedding("a benchmark", TINY_CONFIG.text_len, TINY_CONFIG.text_dim))
     return pipe
@@ -85,16 +85,22 @@ def _median_ms(pipe: StreamPipeline, n: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def recompile_count() -> int:
-    """Graphs dynamo compiled so far (model/counters.py's counter when it exists, else dynamo's own)."""
+def counting_backend(inner: str) -> Any:
+    """model/counters.py's CountingBackend around ``inner`` (counts every graph compiled), else ``inner``."""
     try:
-        from sfbridge.model.counters import recompiles  # type: ignore[attr-defined]
+        from sfbridge.model.counters import CountingBackend
+    except ImportError:
+        return inner
+    return CountingBackend(inner)
 
-        return int(recompiles())
-    except (ImportError, AttributeError, TypeError):
-        from torch._dynamo.utils import counters
 
-        return int(counters["stats"]["unique_graphs"])
+def compile_count(backend: Any) -> int:
+    """Graphs compiled so far: the counting backend's own count, else dynamo's graph counter."""
+    if hasattr(backend, "compiles"):
+        return int(backend.compiles)
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def eager_vs_compiled(a: argparse.Namespace) -> dict[str, Any]:
@@ -105,18 +111,19 @@ def eager_vs_compiled(a: argparse.Namespace) -> dict[str, Any]:
     eager_ms = _median_ms(eager, a.samples)
     try:
         torch._dynamo.reset()
-        before = recompile_count()
-        comp = tiny_pipeline(a, compile=True)
+        backend = counting_backend(a.compile_backend)
+        before = compile_count(backend)
+        comp = tiny_pipeline(a, compile=backend)
         t0 = time.perf_counter()
         for _ in range(fill_blocks(comp)):
             comp.next_block()
         warmup_s = time.perf_counter() - t0
-        warm = recompile_count()
+        warm = compile_count(backend)
         compiled_ms = _median_ms(comp, a.samples)
         comp.set_steps((1000, 500, 250))  # a step change and a prompt change must not recompile either
         comp.set_prompt_embeds(comp.prompt_embeds * 0.5)
         comp.next_block()
-        after = recompile_count() - warm
+        after = compile_count(backend) - warm
     except Exception as e:  # noqa: BLE001 - reported, the other numbers still count
         return dict(eager_ms=eager_ms, compiled_error=f"{type(e).__name__}: {e}")
     return dict(eager_ms=eager_ms, compiled_ms=compiled_ms, compiled_over_eager=eager_ms / compiled_ms,
@@ -145,9 +152,18 @@ def blocking_copies(a: argparse.Namespace) -> dict[str, Any]:
 
     cfg = StreamConfig(latent_h=a.height // 8, latent_w=a.width // 8, local_attn_size=a.window, sink_size=a.sink)
     pipe = budget.meta_pipeline(TINY_CONFIG, cfg, torch.float32)
-    work = budget.count_dit_block(pipe, tuple(cfg.denoising_step_list))
-    return dict(host_copies_per_block=work.h2d_copies, blocking_copies_per_block=work.blocking_copies,
-                kernels_per_block=work.kernels)
+    try:  # the compile agent's counter (model/counters.py), beside model/budget.py's own count
+        from sfbridge.model.counters import TransferCounter
+    except ImportError:
+        TransferCounter = None  # noqa: N806
+    transfers = TransferCounter() if TransferCounter else None
+    work = budget.count_dit_block(pipe, tuple(cfg.denoising_step_list), also=transfers)
+    res = dict(host_copies_per_block=work.h2d_copies, blocking_copies_per_block=work.blocking_copies,
+               kernels_per_block=work.kernels)
+    if transfers is not None:
+        res.update(counters_blocking=transfers.blocking, counters_syncs=transfers.syncs,
+                   counters_non_blocking=transfers.non_blocking)
+    return res
 
 
 def late_vs_early(a: argparse.Namespace) -> dict[str, Any]:
@@ -205,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"serial vs overlapped: {o.get('overlap_error') or json.dumps(o)}")
     res["copies"] = cp = blocking_copies(a)
     print(f"host<->device copies per steady-state block {cp['host_copies_per_block']}, blocking "
-          f"{cp['blocking_copies_per_block']} (target 0), kernels {cp['kernels_per_block']}")
+          f"{cp['blocking_copies_per_block']} (target 0), kernels {cp['kernels_per_block']}"
+          + (f"; model/counters.py: blocking {cp['counters_blocking']}, scalar reads "
+             f"{cp['counters_syncs']} (target 0 and 0)" if "counters_blocking" in cp else ""))
     res["endless"] = e = late_vs_early(a)
     print(f"block {e['early_block']:4d}: {e['early_ms']:7.2f} ms/block, block {e['late_block']:4d}: "
           f"{e['late_ms']:7.2f} ms/block (median of {a.samples}); time ratio {e['time_ratio']:.3f} "

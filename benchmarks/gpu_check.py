@@ -91,16 +91,22 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def recompile_count() -> int:
-    """Graphs dynamo compiled so far (model/counters.py's counter when it exists)."""
+def counting_backend(inner: str) -> Any:
+    """model/counters.py's CountingBackend around ``inner`` (counts every graph compiled), else ``inner``."""
     try:
-        from sfbridge.model.counters import recompiles  # type: ignore[attr-defined]
+        from sfbridge.model.counters import CountingBackend
+    except ImportError:
+        return inner
+    return CountingBackend(inner)
 
-        return int(recompiles())
-    except (ImportError, AttributeError, TypeError):
-        from torch._dynamo.utils import counters
 
-        return int(counters["stats"]["unique_graphs"])
+def recompile_count(a: argparse.Namespace) -> int:
+    """Graphs compiled so far: the counting backend's count, else dynamo's graph counter."""
+    if hasattr(a.backend, "compiles"):
+        return int(a.backend.compiles)
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def timed_ms(fn: Any, n: int, device: torch.device) -> float:
@@ -115,7 +121,7 @@ def timed_ms(fn: Any, n: int, device: torch.device) -> float:
 def make_pipeline(a: argparse.Namespace, model: torch.nn.Module, p: presets.Preset, compile: bool) -> StreamPipeline:
     cfg = StreamConfig(latent_h=a.height // 8, latent_w=a.width // 8, local_attn_size=p.window, sink_size=p.sink,
                        denoising_step_list=p.steps)
-    kw = {"compile": True, "compile_backend": a.compile_backend} if compile else {}
+    kw = {"compile": True, "compile_backend": a.backend} if compile else {}
     if compile and "compile" not in inspect.signature(StreamPipeline).parameters:
         raise RuntimeError("this StreamPipeline has no compile option")
     pipe = StreamPipeline(model, cfg, **kw)
@@ -205,12 +211,13 @@ def _model(a: argparse.Namespace, st: dict) -> torch.nn.Module:
 def run_blocks(a: argparse.Namespace, pipe: StreamPipeline, p: presets.Preset, decoder: str | None = None) -> dict:
     """Fill the window, then time ``--blocks`` steady-state blocks (DiT; DiT + decode when ``decoder``)."""
     reset_peak(a.device)
-    c0 = recompile_count()
+    c0 = recompile_count(a)
     t0 = time.perf_counter()
     fill_window(pipe, p.steps, a.deadline)
     sync(a.device)
-    r: dict[str, Any] = {"fill_s": round(time.perf_counter() - t0, 2), "compiles_while_filling": recompile_count() - c0}
-    c1 = recompile_count()
+    r: dict[str, Any] = {"fill_s": round(time.perf_counter() - t0, 2),
+                         "compiles_while_filling": recompile_count(a) - c0}
+    c1 = recompile_count(a)
     ms = timed_ms(pipe.next_block, a.blocks, a.device)
     r.update(dit_ms=round(ms, 2), dit_fps=round(FRAMES_PER_BLOCK / ms * 1e3, 2))
     if decoder:
@@ -218,7 +225,7 @@ def run_blocks(a: argparse.Namespace, pipe: StreamPipeline, p: presets.Preset, d
         dec.push(pipe.next_block())
         e2e = timed_ms(lambda: dec.push(pipe.next_block()), a.blocks, a.device)
         r.update(e2e_serial_ms=round(e2e, 2), e2e_serial_fps=round(FRAMES_PER_BLOCK / e2e * 1e3, 2), decoder=decoder)
-    r["recompiles_after_fill"] = recompile_count() - c1
+    r["recompiles_after_fill"] = recompile_count(a) - c1
     r["peak_gib"] = peak_gib(a.device)
     return r
 
@@ -336,6 +343,7 @@ def run(a: argparse.Namespace) -> dict:
     st: dict[str, Any] = {}
     start = time.perf_counter()
     a.deadline = start + a.budget
+    a.backend = counting_backend(a.compile_backend)
     for name, fn, min_s in SECTIONS:
         if a.sections and name not in a.sections:
             continue

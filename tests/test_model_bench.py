@@ -53,6 +53,9 @@ def test_cpu_bench_quick_counters(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert 1 <= comp["compiles_during_warmup"] <= 8  # bounded while the window fills
     assert comp["compiled_over_eager"] > 0
     assert res["copies"]["blocking_copies_per_block"] == 0
+    if "counters_blocking" in res["copies"]:  # model/counters.py agrees, and sees no scalar reads either
+        assert res["copies"]["counters_blocking"] == 0 and res["copies"]["counters_syncs"] == 0
+    assert res["overlap"]["serial_blocks_per_s"] > 0 and res["overlap"]["blocks_ratio"] > 0
     assert res["endless"]["bytes_equal"] is True
 
 
