@@ -199,7 +199,7 @@ class CausalWanModel(nn.Module):
         p = self.patch_embedding.weight
         t = torch.tensor([[float(t)]]) if not isinstance(t, torch.Tensor) else t
         sin = sinusoidal_embedding_1d(self.cfg.freq_dim, t.detach().cpu().flatten()).to(p.dtype)
-        return sin.view(*t.shape, -1).to(p.device)
+        return sin.view(*t.shape, -1).to(p.device, non_blocking=True)  # pageable source: safe to reuse
 
     def embed_text(self, context: torch.Tensor) -> torch.Tensor:
         """[B, Lt <= text_len, text_dim] -> zero-pad to text_len -> text MLP -> [B, text_len, dim]."""

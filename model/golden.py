@@ -98,10 +98,14 @@ def first_call(model: torch.nn.Module, meta: dict[str, Any], inputs: dict[str, t
 
 
 def check(d: str | Path, atol: float = 1e-4, rtol: float = 1e-4,
-          dtype: torch.dtype = torch.float32) -> list[Item]:
+          dtype: torch.dtype = torch.float32, compile: str | None = None) -> list[Item]:
+    """Every item of the set; ``compile`` = a torch.compile backend runs the compiled passes instead of eager."""
     d = Path(d)
     meta = load_meta(d)
     model = load_model(d / "generator.safetensors", ModelConfig.from_golden_metadata(meta), dtype=dtype)
+    if compile:  # every scenario has its own fill lengths: room for all of them
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        model.set_compile(True, compile)
     inputs = load_file(str(d / "inputs.safetensors"))
     items: list[Item] = []
     fc = load_file(str(d / "first_call_block0_step0.safetensors"))
@@ -130,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--atol", type=float, default=1e-4)
     ap.add_argument("--rtol", type=float, default=1e-4)
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    ap.add_argument("--compile", metavar="BACKEND", help="run the torch.compile'd passes (inductor, aot_eager, ...)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    items = check(a.dir, a.atol, a.rtol, getattr(torch, a.dtype))
+    items = check(a.dir, a.atol, a.rtol, getattr(torch, a.dtype), a.compile)
     w = max(len(i.name) for i in items)
     for i in items:
         flag = "ok  " if i.ok else "FAIL"

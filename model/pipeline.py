@@ -24,7 +24,7 @@ from .config import StreamConfig
 from .kv_cache import CrossAttnCache, KVCache
 from .noise import NoiseStream
 from .rope import RopeTable
-from .scheduler import FlowMatchScheduler, renoise, validate_steps, x0_from_flow
+from .scheduler import FlowMatchScheduler, one_minus_f32, renoise, validate_steps, x0_from_flow
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class StreamPipeline:
         self.cross = CrossAttnCache(mcfg.num_layers, batch, mcfg.text_len, mcfg.num_heads, mcfg.head_dim,
                                     dtype=self.dtype, device=self.device)
         ph, pw = mcfg.patch_size[1:]
-        table = cfg.rope_rebase_frames or cfg.max_rope_frames
+        table = (cfg.rope_rebase_frames or cfg.max_rope_frames) + 1  # rebasing rotates by up to that many
         self.rope = RopeTable(mcfg.head_dim, cfg.latent_h // ph, cfg.latent_w // pw, min(table, 4096), self.device)
         shape = (batch, cfg.num_frame_per_block, mcfg.in_dim, cfg.latent_h, cfg.latent_w)
         self.noise = NoiseStream(shape, self.device, self.dtype, seed)
@@ -79,6 +79,19 @@ class StreamPipeline:
         dyn = torch._dynamo.config
         dyn.recompile_limit = max(dyn.recompile_limit, fill_shapes + 2)
         self.model.set_compile(True, backend, mode)
+
+    def warm_up(self) -> int:
+        """Run blocks until the window is full (every attended length seen: all compiles happen now), then
+        reset to block 0 with the same seed and no prompt. Returns the number of blocks run."""
+        F, cap = self.cfg.num_frame_per_block, self.kv.capacity_frames
+        blocks = -(-cap // F) if self.kv.rolling else cap // F
+        if self.prompt_embeds is None:
+            self.set_prompt_embeds(torch.zeros(self.batch, 1, self.model.cfg.text_dim))
+        for _ in range(blocks):
+            self.next_block()
+        self.prompt_embeds = None
+        self.reset(self.seed)
+        return blocks
 
     # -- stream control -------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> None:
@@ -105,7 +118,7 @@ class StreamPipeline:
         assert embeds.ndim == 3 and embeds.shape[0] == self.batch and embeds.shape[2] == mcfg.text_dim, (
             f"prompt embeds {tuple(embeds.shape)} must be "
             f"[{self.batch}, <= {mcfg.text_len}, {mcfg.text_dim}]")
-        self.prompt_embeds = embeds.to(device=self.device, dtype=self.dtype)
+        self.prompt_embeds = embeds.to(device=self.device, dtype=self.dtype, non_blocking=True)
         self.cross.reset()
 
     def set_steps(self, steps: Sequence[float], warp: bool = True) -> None:
@@ -117,6 +130,7 @@ class StreamPipeline:
         self.timesteps = self.scheduler.warp(steps) if warp else torch.tensor(steps, dtype=torch.float32)
         ts = [float(t) for t in self.timesteps]
         self.sigmas = [self.scheduler.sigma_of(t) for t in ts]
+        self.one_minus = [one_minus_f32(s) for s in self.sigmas]
         self.t_feats = [self.model.time_features(t) for t in ts]
         self.t_feat_ctx = self.model.time_features(float(self.cfg.context_noise))
 
@@ -167,7 +181,7 @@ class StreamPipeline:
             self.last_x0.append(x0)
             if i + 1 < self.num_steps:
                 eps = self.noise.take() if renoise_draws is None else renoise_draws[i].to(self.device, self.dtype)
-                x = renoise(x0, eps, self.sigmas[i + 1])
+                x = renoise(x0, eps, self.sigmas[i + 1], self.one_minus[i + 1])
         return x0
 
     def context_pass(self, x0: torch.Tensor, plan: BlockPlan) -> None:

@@ -82,10 +82,15 @@ def x0_from_flow(flow: torch.Tensor, xt: torch.Tensor, sigma: float) -> torch.Te
     return (xt.double() - sigma * flow.double()).to(flow.dtype)
 
 
-def renoise(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+def renoise(x0: torch.Tensor, noise: torch.Tensor, sigma: float, one_minus: float | None = None) -> torch.Tensor:
     """(1 - sigma) x0 + sigma eps in float32 math (like the float32 sigma tensor of the official code).
 
-    ``1 - sigma`` is rounded to float32 first, as the official float32 tensor arithmetic does.
+    ``one_minus`` = :func:`one_minus_f32` (sigma), precomputed by callers that run this per block.
     """
-    one_minus = float(torch.tensor(1.0) - torch.tensor(sigma, dtype=torch.float32))
+    one_minus = one_minus_f32(sigma) if one_minus is None else one_minus
     return (x0.float() * one_minus + noise.float() * sigma).to(noise.dtype)
+
+
+def one_minus_f32(sigma: float) -> float:
+    """1 - sigma rounded to float32, as the official float32 tensor arithmetic computes it."""
+    return float(torch.tensor(1.0) - torch.tensor(sigma, dtype=torch.float32))

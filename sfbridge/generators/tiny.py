@@ -106,7 +106,7 @@ class TinyGenerator(StreamingGenerator):
 
     def __init__(self, width: int = 160, height: int = 96, seed: int = 0, window: int = 9, sink: int = 0,
                  steps: tuple[float, ...] | list[float] | None = None, threads: int | None = None,
-                 decoder: str = "vae", attn: str = "auto") -> None:
+                 decoder: str = "vae", attn: str = "auto", compile: bool = False) -> None:
         if width % 16 or height % 16 or width <= 0 or height <= 0:
             raise GeneratorError(f"tiny: width/height must be positive multiples of 16, got {width}x{height}")
         if decoder not in ("vae", "preview"):
@@ -125,7 +125,10 @@ class TinyGenerator(StreamingGenerator):
         self.cfg = cfg
         self.model = random_model(TINY_CONFIG, seed=WEIGHT_SEED, attn_backend=self.attn)
         frames: FrameDecoder = VAEFrames(random_vae()) if decoder == "vae" else PreviewFrames()
-        super().__init__(StreamPipeline(self.model, cfg, seed=int(seed)), frames, width, height, seed, steps)
+        super().__init__(StreamPipeline(self.model, cfg, seed=int(seed), compile=compile), frames, width, height, seed,
+                         steps)
+        if compile:  # every attended length compiles now, not during the first blocks of a stream
+            log.info("torch.compile warm-up: %d blocks", self.pipe.warm_up())
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "latent": [self.cfg.latent_h, self.cfg.latent_w],
