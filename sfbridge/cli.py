@@ -4,9 +4,8 @@ The settings a project pins once read ``SFBRIDGE_<NAME>`` environment variables 
 ``CONTROL`` and ``FRAMES`` (every command), ``LOG_LEVEL``, and for ``serve`` ``MODEL``, ``PROMPT``,
 ``SEED``, ``PACE``, ``MODEL_DIR``. One-off arguments (a ``reset --seed``, say) deliberately do not.
 
-Variables are read after parsing, not as parser defaults: a bad ``SFBRIDGE_SEED`` must not break
-``sfbridge --help`` or ``sfbridge status``, and its error must name the variable, not ``--seed``.
-Anything a user can type ends in one ``error:`` line and a non-zero exit, never a traceback.
+Values are checked and variables read in :mod:`sfbridge.cli_settings`. Anything a user can type
+ends in one ``error:`` line and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,14 +14,23 @@ import argparse
 import json
 import logging
 import logging.config
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from sfbridge import __version__
-from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES, MAX_BLEND_BLOCKS, MAX_SEED
+from sfbridge.cli_settings import (
+    LOG_LEVELS,
+    UsageError,
+    apply_environment,
+    float_min,
+    int_range,
+    model_name,
+    one_of,
+    seed_value,
+)
+from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES, MAX_BLEND_BLOCKS
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -31,13 +39,8 @@ EXIT_UNAVAILABLE = 3  # the daemon did not answer
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a SIGINT death
 EXIT_BROKEN_PIPE = 141  # reader went away (`sfbridge status | head`), as a shell reports a SIGPIPE death
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
 STEP_RANGE = (1, 1000)  # protocol.py: each denoising step is a timestep in 1..1000
 log = logging.getLogger("sfbridge.cli")
-
-
-class UsageError(Exception):
-    """A setting the user gave is unusable; the message names it, its value and what is accepted."""
 
 
 def configure_logging(level: str) -> None:
@@ -49,108 +52,6 @@ def configure_logging(level: str) -> None:
                                 "stream": "ext://sys.stderr"}},
         "loggers": {"sfbridge": {"handlers": ["stderr"], "level": level.upper(), "propagate": False}},
     })
-
-
-# --- value types: each raises ArgumentTypeError saying what is accepted (argparse prints it as is) ---------
-
-
-def int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < lo or (hi is not None and value > hi):
-            accepted = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
-            raise argparse.ArgumentTypeError(f"must be an integer {accepted}, got {text!r}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def seed_value(text: str) -> int:
-    try:
-        return int_range(0, MAX_SEED)(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"must be an integer in 0..2^63-1, got {text!r}") from None
-
-
-def float_min(lo: float, inclusive: bool) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < lo or (value == lo and not inclusive):
-            raise argparse.ArgumentTypeError(f"must be a number {'>=' if inclusive else '>'} {lo:g}, got {text!r}")
-        return value
-
-    parse.__name__ = "number"
-    return parse
-
-
-def one_of(*choices: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise argparse.ArgumentTypeError(f"must be one of {', '.join(choices)}, got {text!r}")
-        return text
-
-    return parse
-
-
-def model_name(text: str) -> str:
-    from sfbridge.generators import available
-
-    names = ["auto", *available()]
-    if text not in names:
-        raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose from {', '.join(names)}")
-    return text
-
-
-# Settings read from SFBRIDGE_* after parsing when the option was not given: dest -> (type, default).
-ENV_SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
-    "log_level": (one_of(*LOG_LEVELS), "info"),
-    "model": (model_name, "auto"),
-    "prompt": (str, None),
-    "seed": (seed_value, 0),
-    "pace": (one_of("native", "off"), "native"),
-    "model_dir": (str, None),
-}
-SERVE_ONLY = ("model", "prompt", "seed", "pace", "model_dir")  # `reset --seed` does not read SFBRIDGE_SEED
-
-
-def apply_environment(a: argparse.Namespace) -> None:
-    """Fill settings left out on the command line from ``SFBRIDGE_*``, then defaults; check endpoints."""
-    from sfbridge.endpoints import check_distinct, resolve_endpoint
-
-    for dest, (parse, default) in ENV_SETTINGS.items():
-        if (dest in SERVE_ONLY and a.command != "serve") or getattr(a, dest) is not None:
-            continue
-        var = f"SFBRIDGE_{dest.upper()}"
-        raw = os.environ.get(var)
-        if raw:
-            try:
-                default = parse(raw)
-            except (argparse.ArgumentTypeError, ValueError) as exc:
-                raise UsageError(f"{var}={raw!r}: {exc}") from None
-        setattr(a, dest, default)
-    found = {}
-    for name in ("control", "frames"):
-        if hasattr(a, name):
-            try:
-                found[name] = resolve_endpoint(name, getattr(a, name), f"--{name}")
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-            setattr(a, name, found[name][0])
-    if len(found) == 2:
-        try:
-            check_distinct(found["control"], found["frames"])
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    timeout = getattr(a, "timeout", 1.0)
-    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
-        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout:g}")
 
 
 # --- parser ----------------------------------------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""Settings of the ``sfbridge`` command: value types that say what they accept, and ``SFBRIDGE_*`` variables.
+
+Why apart from :mod:`sfbridge.cli`: the parser says *which* options exist; this module says which
+values are valid and where a value left off the command line comes from. Variables are read after
+parsing, not as parser defaults, so a bad ``SFBRIDGE_SEED`` cannot break ``sfbridge --help`` and its
+error names the variable rather than ``--seed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+from sfbridge.protocol import MAX_SEED
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class UsageError(Exception):
+    """A setting the user gave is unusable; the message names it, its value and what is accepted."""
+
+
+# --- value types: each raises ArgumentTypeError saying what is accepted (argparse prints it as is) ---------
+
+
+def int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < lo or (hi is not None and value > hi):
+            accepted = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"must be an integer {accepted}, got {text!r}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def seed_value(text: str) -> int:
+    try:
+        return int_range(0, MAX_SEED)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..2^63-1, got {text!r}") from None
+
+
+def float_min(lo: float, inclusive: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < lo or (value == lo and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be a number {'>=' if inclusive else '>'} {lo:g}, got {text!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def model_name(text: str) -> str:
+    from sfbridge.generators import available
+
+    names = ["auto", *available()]
+    if text not in names:
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose from {', '.join(names)}")
+    return text
+
+
+# Settings read from SFBRIDGE_* after parsing when the option was not given: dest -> (type, default).
+ENV_SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
+    "log_level": (one_of(*LOG_LEVELS), "info"),
+    "model": (model_name, "auto"),
+    "prompt": (str, None),
+    "seed": (seed_value, 0),
+    "pace": (one_of("native", "off"), "native"),
+    "model_dir": (str, None),
+}
+SERVE_ONLY = ("model", "prompt", "seed", "pace", "model_dir")  # `reset --seed` does not read SFBRIDGE_SEED
+
+
+def apply_environment(a: argparse.Namespace) -> None:
+    """Fill settings left out on the command line from ``SFBRIDGE_*``, then defaults; check endpoints."""
+    from sfbridge.endpoints import check_distinct, resolve_endpoint
+
+    for dest, (parse, default) in ENV_SETTINGS.items():
+        if (dest in SERVE_ONLY and a.command != "serve") or getattr(a, dest) is not None:
+            continue
+        var = f"SFBRIDGE_{dest.upper()}"
+        raw = os.environ.get(var)
+        if raw:
+            try:
+                default = parse(raw)
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                raise UsageError(f"{var}={raw!r}: {exc}") from None
+        setattr(a, dest, default)
+    found = {}
+    for name in ("control", "frames"):
+        if hasattr(a, name):
+            try:
+                found[name] = resolve_endpoint(name, getattr(a, name), f"--{name}")
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            setattr(a, name, found[name][0])
+    if len(found) == 2:
+        try:
+            check_distinct(found["control"], found["frames"])
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    timeout = getattr(a, "timeout", 1.0)
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout:g}")
