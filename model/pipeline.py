@@ -82,14 +82,15 @@ class StreamPipeline:
 
     def warm_up(self) -> int:
         """Run blocks until the window is full (every attended length seen: all compiles happen now), then
-        reset to block 0 with the same seed and no prompt. Returns the number of blocks run."""
+        reset to block 0 with the same seed and prompt. Returns the number of blocks run."""
         F, cap = self.cfg.num_frame_per_block, self.kv.capacity_frames
         blocks = -(-cap // F) if self.kv.rolling else cap // F
-        if self.prompt_embeds is None:
+        embeds = self.prompt_embeds
+        if embeds is None:
             self.set_prompt_embeds(torch.zeros(self.batch, 1, self.model.cfg.text_dim))
         for _ in range(blocks):
             self.next_block()
-        self.prompt_embeds = None
+        self.prompt_embeds = embeds  # as before (the cross cache is refilled from it on the next block)
         self.reset(self.seed)
         return blocks
 

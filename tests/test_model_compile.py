@@ -167,6 +167,17 @@ def test_zero_recompiles_after_the_window_fills() -> None:
     assert be.compiles == 5, be.compiles
 
 
+def test_warm_up_compiles_everything_then_starts_clean() -> None:
+    torch._dynamo.reset()
+    be = CountingBackend("aot_eager")
+    p = make(random_model(TINY, seed=0), compile_backend=be)
+    assert p.warm_up() == 3 and be.compiles == 5 and p.block_index == 0 and p.kv.local_end == 0
+    ref = make(random_model(TINY, seed=0))
+    for _ in range(4):  # same stream as a pipeline that never warmed up, and no compile on the way
+        torch.testing.assert_close(p.next_block(), ref.next_block(), atol=1e-5, rtol=1e-5)
+    assert be.compiles == 5
+
+
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
 def test_compiled_matches_eager(dtype: torch.dtype, bound: float) -> None:
     """Two copies of the same weights: compilation is a property of the model object (its passes)."""
