@@ -130,7 +130,9 @@ class Daemon:
         self.control.thread.join(timeout)
         self.publisher.thread.join(timeout)
         self.preparer.shutdown(wait=False, cancel_futures=True)
-        self.ctx.term()
+        t0 = time.monotonic()
+        self.ctx.term()  # waits for the publisher's linger: the `stopping` event leaves before we exit
+        log.info("stopped (sockets flushed in %.3f s)", time.monotonic() - t0)
 
     # --- requests (called from the control thread) -------------------------------------------------
 

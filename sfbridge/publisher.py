@@ -194,6 +194,7 @@ class Publisher:
             while True:
                 try:
                     self.sock.send_multipart([*body, b""], flags=zmq.NOBLOCK)
+                    log.info("stopping event sent to %d subscription(s)", sum(self._subs.values()))
                     return
                 except zmq.Again:
                     if time.monotonic() > deadline:
