@@ -102,6 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=None, help="attention window in latent frames (tiny, self-forcing)")
     p.add_argument("--sink", type=int, default=None, help="sink frames kept at the window start (tiny, self-forcing)")
     p.add_argument("--device", default=None, help="torch device for self-forcing (default: cuda)")
+    p.add_argument("--preset", choices=PRESETS, default=None,
+                   help="self-forcing speed preset: window/sink, decoder, steps and FP8 together; explicit "
+                        "options win (docs/SELF_FORCING.md 'Presets') [quality]")
+    p.add_argument("--fp8", choices=FP8_MODES, default=None,
+                   help="FP8 linear layers (self-forcing, torchao, CUDA sm89+): on refuses elsewhere, auto falls "
+                        "back to bf16 [the preset's, else off]")
+    p.add_argument("--attn", choices=ATTN_BACKENDS, default=None,
+                   help="attention backend (tiny, self-forcing); auto: fa3 on sm90, SDPA-cuDNN, fa2, SDPA; a "
+                        "forced one that cannot run is refused with what is missing [auto]")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the DiT (tiny, self-forcing): compiles every window length at start-up "
+                        "(docs/MODEL.md 'Compiled path'), then never recompiles")
+    p.add_argument("--overlap", choices=("auto", "on", "off"), default=None,
+                   help="decode block k while the DiT runs block k+1 (tiny, self-forcing); auto: on CUDA only "
+                        "(measured slower on CPU, docs/SELF_FORCING.md 'Pipelining') [auto]")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="print the daemon's status as JSON")
@@ -167,7 +182,13 @@ _EXTRA_COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
 # serve options -> the models that use them; the rest are dropped with a warning (--model auto: self-forcing's).
 MODEL_OPTIONS = {"model_dir": ("self-forcing",), "dtype": ("self-forcing",), "device": ("self-forcing",),
                  "decoder": ("tiny", "self-forcing"), "window": ("tiny", "self-forcing"),
-                 "sink": ("tiny", "self-forcing"), "block_delay": ("testsrc",)}
+                 "sink": ("tiny", "self-forcing"), "block_delay": ("testsrc",), "preset": ("self-forcing",),
+                 "fp8": ("self-forcing",), "attn": ("tiny", "self-forcing"), "compile": ("tiny", "self-forcing"),
+                 "overlap": ("tiny", "self-forcing")}
+# Kept literal so `--help` does not import torch; tests/test_cli.py checks them against the model's tables.
+PRESETS = ("quality", "balanced", "fast")
+FP8_MODES = ("auto", "on", "off")
+ATTN_BACKENDS = ("auto", "fa3", "cudnn", "fa2", "flash", "sdpa", "manual")
 
 
 def model_options(a: argparse.Namespace) -> dict[str, Any]:

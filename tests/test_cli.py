@@ -127,3 +127,33 @@ def test_log_level_after_the_command_takes_effect():
     shown, hidden = sfb(*dead, "--log-level", "info"), sfb(*dead, "--log-level", "warning")
     assert shown.returncode == hidden.returncode == 3
     assert "no reply to 'status'" in shown.stderr and "no reply to 'status'" not in hidden.stderr
+
+
+def test_speed_option_choices_match_the_model():
+    """cli.py keeps the choices literal (``--help`` must not import torch): they must stay the model's."""
+    from sfbridge.cli import ATTN_BACKENDS, FP8_MODES, PRESETS
+    from sfbridge.model.attention import BACKENDS
+    from sfbridge.model.presets import PRESETS as MODEL_PRESETS
+
+    assert set(ATTN_BACKENDS) == set(BACKENDS)
+    assert set(PRESETS) == set(MODEL_PRESETS)
+    for mode in FP8_MODES:  # every CLI mode is one the presets module accepts
+        from sfbridge.model.presets import resolve
+
+        assert resolve(None, fp8=mode)["fp8"] == mode
+
+
+def test_serve_speed_options_reach_the_generator():
+    p = ServeProcess("--model", "tiny", "--decoder", "preview", "--attn", "sdpa", "--overlap", "on")
+    try:
+        st = ctl(p, "status")
+        assert (st["model"], st["attn"], st["overlap"], st["compile"]) == ("tiny", "sdpa", True, False)
+    finally:
+        p.stop()
+
+
+def test_serve_refuses_a_backend_that_cannot_run():
+    r = sfb("serve", "--model", "tiny", "--attn", "fa3", "--control", f"tcp://127.0.0.1:{free_port()}",
+            "--frames", f"tcp://127.0.0.1:{free_port()}")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "fa3" in r.stderr and "CUDA" in r.stderr, r.stderr

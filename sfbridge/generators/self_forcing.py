@@ -97,7 +97,8 @@ class SelfForcingGenerator(StreamingGenerator):
                  decoder: str = "vae", window: int = DEFAULT_WINDOW, sink: int = DEFAULT_SINK,
                  device: str | None = None, seed: int = 0, steps: list[float] | None = None,
                  text_encoder_device: str = "auto", vae_frames_per_call: int | None = 1, warmup: bool = True,
-                 hf_cache: str | None = None, attn: str = "auto", compile: bool = False) -> None:
+                 hf_cache: str | None = None, attn: str = "auto", compile: bool = False,
+                 overlap: bool | str = "auto") -> None:
         from sfbridge.model.config import ModelConfig, StreamConfig
         from sfbridge.model.files import resolve_model_files
 
@@ -139,7 +140,8 @@ class SelfForcingGenerator(StreamingGenerator):
         from sfbridge.model.pipeline import StreamPipeline
 
         super().__init__(StreamPipeline(model, scfg, seed=int(seed), compile=compile), frames, width, height, seed,
-                         steps)
+                         steps,
+                         overlap=overlap)
         if compile and warmup:  # compiles every attended length now, not during the first blocks of a stream
             log.info("torch.compile warm-up: %d blocks", self.pipe.warm_up())
         log.info("self-forcing loaded in %.1f s (%s, %s, decoder %s, window %d, sink %d, attention %s: %s)",

@@ -99,14 +99,25 @@ class TAEHVFrames(FrameDecoder):
 # ------------------------------------------------------------------------------------------------
 
 
+def resolve_overlap(overlap: bool | str, device: torch.device) -> bool:
+    """``auto`` overlaps on CUDA only: there the decode runs on its own stream beside the DiT; on a CPU both
+    compete for the same cores and the tiny model measured slower and laggier overlapped (SELF_FORCING.md)."""
+    if isinstance(overlap, bool):
+        return overlap
+    if overlap not in ("auto", "on", "off"):
+        raise GeneratorError(f"overlap must be auto, on or off, got {overlap!r}")
+    return device.type == "cuda" if overlap == "auto" else overlap == "on"
+
+
 class StreamingGenerator(Generator):
     """Endless block stream of a :class:`StreamPipeline` + :class:`FrameDecoder`; subclasses give text embeddings."""
 
     def __init__(self, pipe: Any, decoder: FrameDecoder, width: int, height: int, seed: int = 0,
-                 steps: tuple[float, ...] | list[float] | None = None, overlap: bool = True,
+                 steps: tuple[float, ...] | list[float] | None = None, overlap: bool | str = "auto",
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
         self.pipe, self.decoder = pipe, decoder
-        self.stage = DecodeStage(decoder, pipe.device, overlap=overlap, max_in_flight=max_in_flight)
+        self.stage = DecodeStage(decoder, pipe.device, overlap=resolve_overlap(overlap, pipe.device),
+                                 max_in_flight=max_in_flight)
         self.width, self.height, self.fps = int(width), int(height), NATIVE_FPS
         self.default_steps = tuple(float(s) for s in steps) if steps else tuple(pipe.cfg.denoising_step_list)
         self._steps: tuple[float, ...] = ()
@@ -124,6 +135,9 @@ class StreamingGenerator(Generator):
         raise NotImplementedError
 
     # Generator --------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "overlap": self.stage.overlap, "compile": self.pipe.model.compiled}
+
     def supports_steps(self) -> bool:
         return True
 

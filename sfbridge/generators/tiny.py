@@ -106,7 +106,8 @@ class TinyGenerator(StreamingGenerator):
 
     def __init__(self, width: int = 160, height: int = 96, seed: int = 0, window: int = 9, sink: int = 0,
                  steps: tuple[float, ...] | list[float] | None = None, threads: int | None = None,
-                 decoder: str = "vae", attn: str = "auto", compile: bool = False) -> None:
+                 decoder: str = "vae", attn: str = "auto", compile: bool = False,
+                 overlap: bool | str = "auto") -> None:
         if width % 16 or height % 16 or width <= 0 or height <= 0:
             raise GeneratorError(f"tiny: width/height must be positive multiples of 16, got {width}x{height}")
         if decoder not in ("vae", "preview"):
@@ -126,7 +127,8 @@ class TinyGenerator(StreamingGenerator):
         self.model = random_model(TINY_CONFIG, seed=WEIGHT_SEED, attn_backend=self.attn)
         frames: FrameDecoder = VAEFrames(random_vae()) if decoder == "vae" else PreviewFrames()
         super().__init__(StreamPipeline(self.model, cfg, seed=int(seed), compile=compile), frames, width, height, seed,
-                         steps)
+                         steps,
+                         overlap=overlap)
         if compile:  # every attended length compiles now, not during the first blocks of a stream
             log.info("torch.compile warm-up: %d blocks", self.pipe.warm_up())
 
