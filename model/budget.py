@@ -44,6 +44,8 @@ ATTENTION_OPS = {aten._scaled_dot_product_flash_attention.default,
                  aten._scaled_dot_product_cudnn_attention.default,
                  aten._scaled_dot_product_flash_attention_for_cpu.default,
                  aten._flash_attention_forward.default, aten._efficient_attention_forward.default}
+# In-place scatters (self, dim, index, source): the ring-buffer KV write touches only the indexed rows.
+SCATTER_OPS = {aten.index_copy_.default, aten.index_copy.default}
 # Ops that launch no kernel on a GPU (metadata only or allocation only).
 NO_KERNEL_OPS = {aten._unsafe_view.default, aten.empty.memory_format, aten.empty_strided.default,
                  aten.lift_fresh.default, aten.empty_like.default}
@@ -119,6 +121,10 @@ class WorkCounter(TorchDispatchMode):
             self.matmuls += 1
         elif func in ATTENTION_OPS:
             self.attentions += 1
+        elif func in SCATTER_OPS:  # in place: only the indexed rows move (source read + rows written), not
+            n = 2 * physical_bytes(args[3]) + physical_bytes(args[2])  # the whole destination buffer
+            self.other_bytes += n
+            self.bytes_by_op[str(func.overloadpacket.__name__)] += n
         else:
             fresh = [t for t in outs if _storage_key(t) not in in_keys]  # in-place results were counted as inputs
             n = sum(physical_bytes(t) for t in ins + fresh)
