@@ -131,9 +131,10 @@ def test_log_level_after_the_command_takes_effect():
 
 def test_speed_option_choices_match_the_model():
     """cli.py keeps the choices literal (``--help`` must not import torch): they must stay the model's."""
-    from sfbridge.cli import ATTN_BACKENDS, FP8_MODES, PRESETS
     from sfbridge.model.attention import BACKENDS
     from sfbridge.model.presets import PRESETS as MODEL_PRESETS
+
+    from sfbridge.cli import ATTN_BACKENDS, FP8_MODES, PRESETS
 
     assert set(ATTN_BACKENDS) == set(BACKENDS)
     assert set(PRESETS) == set(MODEL_PRESETS)
