@@ -48,6 +48,23 @@ class Steering:
     prev_prompt: str | None = None
     since_block: int = 0
     denoising_steps: tuple[float, ...] | None = None  # None = generator default
+    # Issue 10 (steering part 2). A weighted prompt list replaces the single ``prompt`` when non-empty;
+    # ``prompt`` then holds its display text. ``mix`` combines the list (linear | slerp), ``interp`` is the
+    # path of a blend transition (linear | slerp), ``recache`` re-runs the context pass over the window's
+    # non-sink frames under the new conditioning at the block where this state lands (``since_block``).
+    prompts: tuple[tuple[str, float], ...] = ()
+    mix: str = "linear"
+    interp: str = "linear"
+    recache: bool = False
+    prev_cond: tuple | None = None  # cond_key() of the state before this prompt change (blend source)
+
+    def weighted(self) -> tuple[tuple[str, float], ...]:
+        """The conditioning as (text, weight) pairs: the list, or the single prompt at weight 1."""
+        return self.prompts or ((self.prompt, 1.0),)
+
+    def cond_key(self) -> tuple:
+        """Identity of the text conditioning: equal keys give the same embedding."""
+        return (self.weighted(), self.mix if len(self.weighted()) > 1 else "linear")
 
     def blend_alpha(self, block_index: int) -> float:
         """Weight of ``prompt`` (vs ``prev_prompt``) for the block ``block_index``; 1.0 = fully new."""
