@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import numpy as np
@@ -21,14 +21,15 @@ from sfbridge.client import (
     DaemonUnavailable,
     Frame,
     FrameKey,
+    check_seed,
     client_endpoints,
     decode_frame,
-    prompt_args,
     reply_result,
     request_body,
     unavailable,
 )
 from sfbridge.protocol import EVENT_TOPIC, FRAME_FORMATS, unpack
+from sfbridge.steering_args import PromptEntry, check_state_id, prompt_args, schedule_args, steps_args
 
 log = logging.getLogger("sfbridge.client")
 
@@ -72,11 +73,26 @@ class AsyncClient:
     async def status(self) -> dict:
         return await self.request("status")
 
-    async def set_prompt(self, text: str, transition: str = "cut", blend_blocks: int | None = None) -> dict:
-        return await self.request("prompt", **prompt_args(text, transition, blend_blocks))
+    async def ping(self) -> dict:
+        return await self.request("ping")
 
-    async def set_seed(self, seed: int) -> dict:
-        return await self.request("seed", seed=seed)
+    async def set_prompt(self, text: str | None = None, transition: str = "cut", blend_blocks: int | None = None, *,
+                         prompts: Iterable[PromptEntry] | None = None, interp: str | None = None,
+                         mix: str | None = None, recache: bool = False, at_block: int | None = None,
+                         at_pts: float | None = None) -> dict:
+        """As :meth:`sfbridge.Client.set_prompt`."""
+        return await self.request("prompt", **prompt_args(text, transition, blend_blocks, prompts=prompts,
+                                                           interp=interp, mix=mix, recache=recache,
+                                                           at_block=at_block, at_pts=at_pts))
+
+    async def set_seed(self, seed: int, at_block: int | None = None, at_pts: float | None = None) -> dict:
+        return await self.request("seed", seed=check_seed(seed), **schedule_args(at_block, at_pts))
+
+    async def set_steps(self, steps: Iterable[int], at_block: int | None = None, at_pts: float | None = None) -> dict:
+        return await self.request("steps", **steps_args(steps, at_block, at_pts))
+
+    async def cancel(self, state_id: int) -> dict:
+        return await self.request("cancel", state_id=check_state_id(state_id))
 
     async def pause(self) -> dict:
         return await self.request("pause")

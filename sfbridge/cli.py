@@ -30,7 +30,8 @@ from sfbridge.cli_settings import (
     one_of,
     seed_value,
 )
-from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES, MAX_BLEND_BLOCKS
+from sfbridge.cli_steering import add_prompt_options, add_schedule_options, prompt_request, schedule_request
+from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -123,25 +124,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_endpoints(p)
     p.set_defaults(func=lambda a: _request(a, "status"))
 
-    p = sub.add_parser("prompt", help="change the prompt while the stream runs")
-    p.add_argument("text", help="the new prompt")
-    p.add_argument("--transition", choices=("cut", "blend"), default="cut",
-                   help="cut: switch at the next block; blend: fade over --blend-blocks blocks [%(default)s]")
-    p.add_argument("--blend-blocks", type=int, default=None,
-                   help=f"blocks a blend takes, 1..{MAX_BLEND_BLOCKS} (only with --transition blend) [4]")
+    p = sub.add_parser("prompt", help="change the prompt while the stream runs",
+                       description="Change the prompt: one TEXT, or a weighted list of several. Lands at the next "
+                                   "block unless --at-block/--at-pts schedule it; the reply says where.")
+    add_prompt_options(p)
     _add_endpoints(p)
-    p.set_defaults(func=cmd_prompt)
+    p.set_defaults(func=lambda a: _request(a, "prompt", **prompt_request(a)))
 
     p = sub.add_parser("seed", help="change the noise seed from the next block on")
     p.add_argument("seed", type=seed_value, help="the new seed, 0..2^63-1")
+    add_schedule_options(p)
     _add_endpoints(p)
-    p.set_defaults(func=lambda a: _request(a, "seed", seed=a.seed))
+    p.set_defaults(func=lambda a: _request(a, "seed", seed=a.seed, **schedule_request(a)))
 
     p = sub.add_parser("steps", help="set the denoising step list, e.g. 1000 750 500 250")
     p.add_argument("steps", type=int_range(*STEP_RANGE), nargs="+",
                    help="1 to 4 timesteps in 1..1000, strictly decreasing (models with steps only)")
+    add_schedule_options(p)
     _add_endpoints(p)
-    p.set_defaults(func=lambda a: _request(a, "steps", steps=a.steps))
+    p.set_defaults(func=lambda a: _request(a, "steps", steps=a.steps, **schedule_request(a)))
+
+    p = sub.add_parser("cancel", help="drop a scheduled change before it lands (see `status` 'scheduled')")
+    p.add_argument("state_id", type=int_range(0), metavar="STATE_ID",
+                   help="the state_id a scheduled prompt/seed/steps reply gave")
+    _add_endpoints(p)
+    p.set_defaults(func=lambda a: _request(a, "cancel", state_id=a.state_id))
 
     for op in ("pause", "resume", "ping"):
         p = sub.add_parser(op, help=f"{op} the stream" if op != "ping" else "check the daemon answers")
@@ -231,20 +238,6 @@ def cmd_serve(a: argparse.Namespace) -> int:
         hint = " (another daemon running?)" if exc.errno == zmq.EADDRINUSE else ""
         log.error("cannot bind %s / %s: %s%s", a.control, a.frames, exc, hint)
         return EXIT_ERROR
-
-
-def cmd_prompt(a: argparse.Namespace) -> int:
-    """``--blend-blocks`` is checked (and sent) only with a blend: a cut has no length."""
-    args: dict[str, Any] = {"text": a.text, "transition": a.transition}
-    if a.blend_blocks is None:
-        pass
-    elif a.transition != "blend":
-        log.warning("--blend-blocks has no effect with --transition %s", a.transition)
-    elif not 1 <= a.blend_blocks <= MAX_BLEND_BLOCKS:
-        raise UsageError(f"--blend-blocks must be in 1..{MAX_BLEND_BLOCKS} for a blend, got {a.blend_blocks}")
-    else:
-        args["blend_blocks"] = a.blend_blocks
-    return _request(a, "prompt", **args)
 
 
 def _request(a: argparse.Namespace, op: str, **args: object) -> int:

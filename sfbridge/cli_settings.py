@@ -62,6 +62,14 @@ def float_min(lo: float, inclusive: bool) -> Callable[[str], float]:
     return parse
 
 
+def weight_value(text: str) -> float:
+    """A prompt weight: finite and >= 0 (a weighted list's weights need not sum to 1; the daemon normalises)."""
+    try:
+        return float_min(0, True)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 (a prompt weight), got {text!r}") from None
+
+
 def one_of(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices:

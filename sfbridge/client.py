@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ import zmq
 from sfbridge.encoders import decode_jpeg
 from sfbridge.endpoints import check_distinct, resolve_endpoint
 from sfbridge.protocol import EVENT_TOPIC, FRAME_FORMATS, MAX_SEED, PROTOCOL_VERSION, pack, unpack
+from sfbridge.steering_args import PromptEntry, check_state_id, prompt_args, schedule_args, steps_args
 
 log = logging.getLogger("sfbridge.client")
 
@@ -124,14 +125,6 @@ def check_seed(seed: int) -> int:
     return seed
 
 
-def prompt_args(text: str, transition: str, blend_blocks: int | None) -> dict[str, Any]:
-    """``blend_blocks`` only travels with a blend: it means nothing for a cut, so it is not checked there."""
-    args: dict[str, Any] = {"text": text, "transition": transition}
-    if transition == "blend" and blend_blocks is not None:
-        args["blend_blocks"] = blend_blocks
-    return args
-
-
 def decode_frame(fmt: str, header: dict, payload: bytes) -> np.ndarray:
     if fmt == "jpeg":
         return decode_jpeg(payload)
@@ -197,15 +190,31 @@ class Client:
     def status(self) -> dict:
         return self.request("status")
 
-    def set_prompt(self, text: str, transition: str = "cut", blend_blocks: int | None = None) -> dict:
-        """``blend_blocks``: length of a ``blend`` (daemon default 4); ignored for a cut."""
-        return self.request("prompt", **prompt_args(text, transition, blend_blocks))
+    def set_prompt(self, text: str | None = None, transition: str = "cut", blend_blocks: int | None = None, *,
+                   prompts: Iterable[PromptEntry] | None = None, interp: str | None = None, mix: str | None = None,
+                   recache: bool = False, at_block: int | None = None, at_pts: float | None = None) -> dict:
+        """Change the prompt -> ``{state_id, applies_at_block, scheduled}`` (docs/PROTOCOL.md 2.2).
 
-    def set_seed(self, seed: int) -> dict:
-        return self.request("seed", seed=seed)
+        ``text`` or ``prompts`` (a weighted list: ``[("a red desert", 0.7), ("a blue ocean", 0.3)]`` or
+        ``{"text", "weight"}`` maps), combined by ``mix`` (``linear``; ``slerp`` for exactly 2).
+        ``transition``: ``cut`` or ``blend`` over ``blend_blocks`` (daemon default 4; ignored for a cut)
+        along ``interp`` (``linear`` or ``slerp``). ``recache``: rebuild the attention cache of the
+        window under the new prompt where it lands. ``at_block`` / ``at_pts``: land at that block of the
+        scene (or scene time in seconds) instead of the next one. Bad arguments raise ValueError.
+        """
+        return self.request("prompt", **prompt_args(text, transition, blend_blocks, prompts=prompts, interp=interp,
+                                                     mix=mix, recache=recache, at_block=at_block, at_pts=at_pts))
 
-    def set_steps(self, steps: list[int]) -> dict:
-        return self.request("steps", steps=list(steps))
+    def set_seed(self, seed: int, at_block: int | None = None, at_pts: float | None = None) -> dict:
+        return self.request("seed", seed=check_seed(seed), **schedule_args(at_block, at_pts))
+
+    def set_steps(self, steps: Iterable[int], at_block: int | None = None, at_pts: float | None = None) -> dict:
+        return self.request("steps", **steps_args(steps, at_block, at_pts))
+
+    def cancel(self, state_id: int) -> dict:
+        """Drop a scheduled change before it lands -> ``{cancelled: state_id}``; RequestError ``not_found``
+        when it is unknown or has already landed."""
+        return self.request("cancel", state_id=check_state_id(state_id))
 
     def pause(self) -> dict:
         return self.request("pause")

@@ -15,7 +15,7 @@ from conftest import REPO, ServeProcess, free_port
 
 from sfbridge.cli import build_parser
 
-SUBCOMMANDS = ["serve", "status", "prompt", "seed", "steps", "pause", "resume", "ping", "reset", "record"]
+SUBCOMMANDS = ["serve", "status", "prompt", "seed", "steps", "cancel", "pause", "resume", "ping", "reset", "record"]
 
 
 def sfb(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

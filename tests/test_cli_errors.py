@@ -26,8 +26,8 @@ SFBRIDGE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "sfbri
 DEAD = f"tcp://127.0.0.1:{free_port()}"  # nobody listens here
 BAD_ENV = {"SFBRIDGE_SEED": "abc", "SFBRIDGE_LOG_LEVEL": "verbose", "SFBRIDGE_PACE": "fast",
            "SFBRIDGE_MODEL": "nope", "SFBRIDGE_CONTROL": "127.0.0.1:5555", "SFBRIDGE_FRAMES": "tcp://h:0"}
-CLIENT_COMMANDS = [["status"], ["prompt", "a cat"], ["seed", "1"], ["steps", "1000"], ["pause"], ["resume"],
-                   ["ping"], ["reset"], ["record", "out.mp4"], ["view"]]
+CLIENT_COMMANDS = [["status"], ["prompt", "a cat"], ["seed", "1"], ["steps", "1000"], ["cancel", "1"], ["pause"],
+                   ["resume"], ["ping"], ["reset"], ["record", "out.mp4"], ["view"]]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -76,6 +76,30 @@ def on(p: ServeProcess) -> list[str]:
     (["serve", "--height", "481", "--control", DEAD], ["--height 481", "even"]),
     (["prompt", "a cat", "--transition", "blend", "--blend-blocks", "0", "--control", DEAD],
      ["--blend-blocks", "1..64", "got 0"]),
+    # issue 10: weighted prompts, transitions, scheduling, cancel (all refused before any request)
+    (["prompt", "a", "b", "--weights", "1", "--control", DEAD], ["--weights", "1 value for 2 TEXTs"]),
+    (["prompt", "a", "b", "--weights", "0", "0", "--control", DEAD], ["--weights 0 0", "> 0"]),
+    (["prompt", "a", "--weights", "-1", "--control", DEAD], ["--weights", "'-1'", ">= 0"]),
+    (["prompt", "a", "--weights", "nan", "--control", DEAD], ["--weights", "'nan'"]),
+    (["prompt", "a", "--mix", "slerp", "--control", DEAD], ["--mix", "two or more TEXTs"]),
+    (["prompt", "a", "b", "c", "--mix", "slerp", "--control", DEAD], ["--mix slerp", "exactly 2", "got 3"]),
+    (["prompt", "a", "b", "--mix", "cubic", "--control", DEAD], ["--mix", "linear, slerp", "'cubic'"]),
+    (["prompt", "a", "--interp", "cubic", "--control", DEAD], ["--interp", "linear, slerp", "'cubic'"]),
+    (["prompt", "a", "--blend", "0", "--control", DEAD], ["--blend", "1..64", "'0'"]),
+    (["prompt", "a", "--blend", "65", "--control", DEAD], ["--blend", "1..64", "'65'"]),
+    (["prompt", "a", "--blend", "3", "--transition", "cut", "--control", DEAD], ["--blend 3", "--transition cut"]),
+    (["prompt", "a", "--blend", "3", "--blend-blocks", "5", "--control", DEAD], ["--blend 3", "--blend-blocks 5"]),
+    (["prompt", "a", "--at-block", "-1", "--control", DEAD], ["--at-block", "'-1'", ">= 0"]),
+    (["prompt", "a", "--at-pts", "-0.5", "--control", DEAD], ["--at-pts", "'-0.5'", ">= 0"]),
+    (["prompt", "a", "--at-block", "3", "--at-pts", "1", "--control", DEAD], ["--at-pts", "--at-block"]),
+    (["prompt", "a", "", "--control", DEAD], ["TEXT 2 of 2 is empty"]),
+    (["prompt", *"abcdefghi", "--control", DEAD], ["9 TEXTs", "at most 8"]),
+    (["prompt", "x" * 4001, "--control", DEAD], ["text has 4001 characters", "max 4000"]),
+    (["seed", "1", "--at-block", "x", "--control", DEAD], ["--at-block", "'x'"]),
+    (["seed", "1", "--at-block", "2", "--at-pts", "1", "--control", DEAD], ["--at-pts", "--at-block"]),
+    (["steps", "1000", "--at-pts", "inf", "--control", DEAD], ["--at-pts", "'inf'"]),
+    (["cancel", "-3", "--control", DEAD], ["STATE_ID", "'-3'", ">= 0"]),
+    (["cancel", "abc", "--control", DEAD], ["STATE_ID", "'abc'"]),
 ])
 def test_bad_values(args, needles):
     assert_error(sfb(*args), *needles)
