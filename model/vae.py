@@ -4,9 +4,10 @@ Mirrors `wan/modules/vae.py` (`CausalConv3d`, `RMS_norm`, `Resample`, `ResidualB
 `AttentionBlock`, `Decoder3d`, `WanVAE_.decode/cached_decode`) and the latent de-normalisation
 of `utils/wan_wrapper.py:WanVAEWrapper.decode_to_pixel` (Self-Forcing commit 33593df).
 
-Only the decoder half is modelled: the generator produces latents, nothing here encodes video.
-Loading `Wan2.1_VAE.pth` drops the `encoder.*` and `conv1.*` keys (the encoder and its 1x1x1
-output conv) on purpose and is strict on everything else (`conv2.*`, `decoder.*`).
+This file holds the decoder half and the building blocks both halves share; the streaming
+encoder (`encoder.*`, `conv1.*`) is in vae_encoder.py, which also loads the whole file strictly
+(`load_wan_vae`). `WanVAEDecoder.from_file` alone drops the encoder keys (`ENCODER_PREFIXES`) for
+decoder-only use (text-to-video) and is strict on everything else (`conv2.*`, `decoder.*`).
 
 Streaming: the official decoder walks latent frames one at a time and carries, for every
 causal 3D conv, the last 2 frames of that conv's input (`feat_cache`, 32 entries for the real
@@ -44,8 +45,10 @@ LATENT_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
               3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
 # fmt: on
 
-# Keys of Wan2.1_VAE.pth that belong to the encoder half and are dropped when loading.
-IGNORED_PREFIXES = ("encoder.", "conv1.")
+# Keys of Wan2.1_VAE.pth per half: a decoder-only load drops the encoder's and vice versa.
+ENCODER_PREFIXES = ("encoder.", "conv1.")
+DECODER_PREFIXES = ("decoder.", "conv2.")
+IGNORED_PREFIXES = ENCODER_PREFIXES  # what WanVAEDecoder.from_file skips (kept name: older callers)
 
 
 @dataclass
@@ -75,10 +78,20 @@ class VAEConfig:
 
     @classmethod
     def from_state_dict(cls, sd: dict[str, torch.Tensor]) -> VAEConfig:
-        """Widths from the tensors; the layout (dim_mult, res blocks, flags) is Wan2.1's."""
-        dim = sd["decoder.head.2.weight"].shape[1]  # [3, dim, 3, 3, 3]
-        z_dim = sd["conv2.weight"].shape[0]  # [z, z, 1, 1, 1]
-        return cls(dim=dim, z_dim=z_dim)
+        """Widths and residual blocks per stage from the tensors (decoder keys, else encoder keys);
+        dim_mult and the temporal flags are Wan2.1's."""
+        levels = len(cls.dim_mult)
+        if "decoder.head.2.weight" in sd:
+            dim = sd["decoder.head.2.weight"].shape[1]  # [3, dim, 3, 3, 3]
+            z_dim = sd["conv2.weight"].shape[0]  # [z, z, 1, 1, 1]
+            n = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("decoder.upsamples."))
+            res = (n - (levels - 1)) // levels - 1  # levels x (res + 1) blocks + (levels - 1) resamples
+        else:
+            dim = sd["encoder.conv1.weight"].shape[0]  # [dim, 3, 3, 3, 3]
+            z_dim = sd["conv1.weight"].shape[0] // 2  # [2z, 2z, 1, 1, 1]: mu and log_var
+            n = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.downsamples."))
+            res = (n - (levels - 1)) // levels  # levels x res blocks + (levels - 1) resamples
+        return cls(dim=dim, z_dim=z_dim, num_res_blocks=res)
 
 
 class FeatureCache:
@@ -97,9 +110,9 @@ class FeatureCache:
     def get(self, slot: int) -> torch.Tensor | None:
         return self.frames.get(slot)
 
-    def put(self, slot: int, x: torch.Tensor) -> None:
+    def put(self, slot: int, x: torch.Tensor, keep: int = CACHE_T) -> None:
         # clone: a slice would pin the whole block's activation in memory
-        self.frames[slot] = x[:, :, -CACHE_T:].detach().clone()
+        self.frames[slot] = x[:, :, -keep:].detach().clone()
 
     def __len__(self) -> int:
         return len(self.frames)
