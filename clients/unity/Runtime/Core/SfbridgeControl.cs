@@ -83,6 +83,8 @@ namespace Sfbridge
         public long StateId { get { return MsgPackMap.GetLong(Result, "state_id", -1); } }
         /// <summary>result.applies_at_block, or -1.</summary>
         public long AppliesAtBlock { get { return MsgPackMap.GetLong(Result, "applies_at_block", -1); } }
+        /// <summary>result.scheduled: the change waits for a later block than the next one.</summary>
+        public bool Scheduled { get { return MsgPackMap.GetBool(Result, "scheduled", false); } }
     }
 
     /// <summary>Control client. Thread-safe: requests are serialized on one connection.</summary>
@@ -218,9 +220,29 @@ namespace Sfbridge
             return Call(PromptRequest(text, transition, blendBlocks));
         }
 
+        /// <summary>A prompt change with options: transition, blend blocks and path (Interp), Recache, and
+        /// when it lands (At). Bad options throw ArgumentException before anything is sent.</summary>
+        public SfbridgeReply Prompt(string text, SfbridgePromptOptions options)
+        {
+            return Call(SfbridgeSteering.PromptRequest(text, options));
+        }
+
+        /// <summary>A weighted prompt list (1..8 entries), combined by options.Mix.</summary>
+        public SfbridgeReply WeightedPrompt(IList<SfbridgeWeightedPrompt> prompts, SfbridgePromptOptions options = null)
+        {
+            return Call(SfbridgeSteering.WeightedPromptRequest(prompts, options));
+        }
+
         public SfbridgeReply Seed(long seed) { return Call(SeedRequest(seed)); }
 
+        public SfbridgeReply Seed(long seed, SfbridgeSchedule at) { return Call(SfbridgeSteering.SeedRequest(seed, at)); }
+
         public SfbridgeReply Steps(int[] steps) { return Call(StepsRequest(steps)); }
+
+        public SfbridgeReply Steps(int[] steps, SfbridgeSchedule at) { return Call(SfbridgeSteering.StepsRequest(steps, at)); }
+
+        /// <summary>Drops a scheduled change (result.cancelled); code not_found when it is unknown or has landed.</summary>
+        public SfbridgeReply Cancel(long stateId) { return Call(SfbridgeSteering.CancelRequest(stateId)); }
 
         public SfbridgeReply Pause() { return Call(Op("pause")); }
 
@@ -311,8 +333,19 @@ namespace Sfbridge
         {
             return CallAsync(PromptRequest(text, transition, blendBlocks));
         }
+        public Task<SfbridgeReply> PromptAsync(string text, SfbridgePromptOptions options)
+        {
+            return CallAsync(SfbridgeSteering.PromptRequest(text, options));
+        }
+        public Task<SfbridgeReply> WeightedPromptAsync(IList<SfbridgeWeightedPrompt> prompts, SfbridgePromptOptions options = null)
+        {
+            return CallAsync(SfbridgeSteering.WeightedPromptRequest(prompts, options));
+        }
         public Task<SfbridgeReply> SeedAsync(long seed) { return CallAsync(SeedRequest(seed)); }
+        public Task<SfbridgeReply> SeedAsync(long seed, SfbridgeSchedule at) { return CallAsync(SfbridgeSteering.SeedRequest(seed, at)); }
         public Task<SfbridgeReply> StepsAsync(int[] steps) { return CallAsync(StepsRequest(steps)); }
+        public Task<SfbridgeReply> StepsAsync(int[] steps, SfbridgeSchedule at) { return CallAsync(SfbridgeSteering.StepsRequest(steps, at)); }
+        public Task<SfbridgeReply> CancelAsync(long stateId) { return CallAsync(SfbridgeSteering.CancelRequest(stateId)); }
         public Task<SfbridgeReply> PauseAsync() { return CallAsync(Op("pause")); }
         public Task<SfbridgeReply> ResumeAsync() { return CallAsync(Op("resume")); }
         public Task<SfbridgeReply> ResetAsync(string prompt = null, long? seed = null)

@@ -52,6 +52,24 @@ namespace Sfbridge.Unity
         public FilterMode filterMode = FilterMode.Bilinear;
         public TextureWrapMode wrapMode = TextureWrapMode.Clamp;
 
+        [Header("Steering (sent by Apply Inspector Steering, or on connect)")]
+        [Tooltip("The prompt: one entry = a plain prompt; several = a weighted list blended in embedding space (weights >= 0, not all 0, normalised by the daemon; at most 8).")]
+        public SfbridgeWeightedPrompt[] prompts = { new SfbridgeWeightedPrompt("a beautiful landscape", 1.0) };
+        [Tooltip("How several prompts combine: Linear (weighted mean, norm kept) or Slerp (exactly 2 prompts).")]
+        public SfbridgeMix mix = SfbridgeMix.Linear;
+        [Tooltip("Cut: switch at the block where the change lands. Blend: move over Blend Blocks blocks.")]
+        public SfbridgeTransition transition = SfbridgeTransition.Cut;
+        [Tooltip("Blocks a blend takes (1..64).")]
+        public int blendBlocks = 4;
+        [Tooltip("Path of a blend from what is on screen to the new prompt.")]
+        public SfbridgeInterp interp = SfbridgeInterp.Linear;
+        [Tooltip("Rebuild the attention cache of the recent frames under the new prompt where it lands: follows the prompt faster without a hard cut (one extra model pass).")]
+        public bool recache = false;
+        [Tooltip("Scheduled change: land at this block of the current scene (a block already begun = the next one). -1: the next block.")]
+        public long applyAtBlock = -1;
+        [Tooltip("Send the steering above once connected.")]
+        public bool sendSteeringOnConnect = false;
+
         [Header("Diagnostics")]
         public bool logToConsole = true;
 
@@ -146,6 +164,7 @@ namespace Sfbridge.Unity
                 _control.TimeoutMs = requestTimeoutMs;
                 _control.Attempts = requestAttempts;
                 if (logToConsole) _control.Log += m => Debug.Log("[sfbridge] " + m);
+                if (sendSteeringOnConnect) ApplyInspectorSteering();
             }
             catch (Exception e)
             {
@@ -380,15 +399,90 @@ namespace Sfbridge.Unity
             Request(SfbridgeControl.PromptRequest(text, transition, blendBlocks), callback);
         }
 
+        /// <summary>A prompt change with options (transition, BlendBlocks, Interp, Recache, At). Bad options
+        /// throw ArgumentException here, before anything is sent.</summary>
+        public void SetPrompt(string text, SfbridgePromptOptions options, Action<SfbridgeReply, Exception> callback = null)
+        {
+            Request(SfbridgeSteering.PromptRequest(text, options), callback);
+        }
+
+        /// <summary>A weighted prompt list (1..8 entries), combined by options.Mix; an ordinary steering
+        /// change, so updating the weights mid-stream can blend, re-cache and be scheduled too.</summary>
+        public void SetWeightedPrompt(IList<SfbridgeWeightedPrompt> prompts, SfbridgePromptOptions options = null,
+                                      Action<SfbridgeReply, Exception> callback = null)
+        {
+            Request(SfbridgeSteering.WeightedPromptRequest(prompts, options), callback);
+        }
+
         public void SetSeed(long seed, Action<SfbridgeReply, Exception> callback = null)
         {
             Request(SfbridgeControl.SeedRequest(seed), callback);
+        }
+
+        /// <summary>A seed change at a scheduled block or scene time.</summary>
+        public void SetSeed(long seed, SfbridgeSchedule at, Action<SfbridgeReply, Exception> callback = null)
+        {
+            Request(SfbridgeSteering.SeedRequest(seed, at), callback);
         }
 
         /// <summary>Denoising steps, 1 to 4 strictly decreasing values (not supported by testsrc).</summary>
         public void SetSteps(int[] steps, Action<SfbridgeReply, Exception> callback = null)
         {
             Request(SfbridgeControl.StepsRequest(steps), callback);
+        }
+
+        public void SetSteps(int[] steps, SfbridgeSchedule at, Action<SfbridgeReply, Exception> callback = null)
+        {
+            Request(SfbridgeSteering.StepsRequest(steps, at), callback);
+        }
+
+        /// <summary>Drops a scheduled change by the state_id its reply gave (error not_found once it landed).</summary>
+        public void Cancel(long stateId, Action<SfbridgeReply, Exception> callback = null)
+        {
+            Request(SfbridgeSteering.CancelRequest(stateId), callback);
+        }
+
+        /// <summary>The prompt options the inspector fields describe.</summary>
+        public SfbridgePromptOptions InspectorPromptOptions()
+        {
+            var o = new SfbridgePromptOptions();
+            o.Transition = SfbridgeSteering.Wire(transition);
+            o.BlendBlocks = blendBlocks;
+            o.Interp = SfbridgeSteering.Wire(interp);
+            o.Recache = recache;
+            if (applyAtBlock >= 0) o.At = SfbridgeSchedule.AtBlock(applyAtBlock);
+            return o;
+        }
+
+        /// <summary>Sends the inspector's steering: one prompt as a plain prompt, several as a weighted list.</summary>
+        [ContextMenu("Apply Inspector Steering")]
+        public void ApplyInspectorSteering()
+        {
+            ApplyInspectorSteering(null);
+        }
+
+        public void ApplyInspectorSteering(Action<SfbridgeReply, Exception> callback)
+        {
+            if (prompts == null || prompts.Length == 0)
+            {
+                Debug.LogWarning("[sfbridge] no prompt in the inspector's list");
+                return;
+            }
+            SfbridgePromptOptions o = InspectorPromptOptions();
+            try
+            {
+                if (prompts.Length == 1 && prompts[0] != null && prompts[0].weight > 0)
+                    SetPrompt(prompts[0].text, o, callback);
+                else
+                {
+                    o.Mix = SfbridgeSteering.Wire(mix);
+                    SetWeightedPrompt(prompts, o, callback);
+                }
+            }
+            catch (ArgumentException e)
+            {
+                Debug.LogWarning("[sfbridge] inspector steering not sent: " + e.Message);
+            }
         }
 
         public void Pause(Action<SfbridgeReply, Exception> callback = null)
