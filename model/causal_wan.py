@@ -261,6 +261,27 @@ class CausalWanModel(nn.Module):
             xs = layer(block, xs, e0, rope, view.k[i], view.v[i], view.slots, cross.k[i], cross.v[i], backend)
         return head(xs, e, F, H, W)
 
+    def rewrite_kv(self, x: torch.Tensor, t_feat: torch.Tensor, rope: Rope, k_cache: list[torch.Tensor],
+                   v_cache: list[torch.Tensor], attend: torch.Tensor, own: torch.Tensor,
+                   cross: CrossAttnCache) -> None:
+        """KV re-cache of frames already in the cache: their K/V go back to slots ``own``, attending ``attend``.
+
+        ``attend`` (token slots, ending with ``own``) is a subset of the buffer, so each layer attends a gathered
+        copy (one layer's worth of memory at a time) and its new K/V are scattered back to ``own``; the head is
+        skipped (only K/V matter). Always eager, never through the compiled passes: it is rare and its lengths
+        vary, and the compiled graphs stay untouched (no recompile).
+        """
+        assert cross.is_init, "cross-attention cache is empty: fill_cross() first"
+        xs, _, e0 = self._embed(x, t_feat)
+        backend = self.backend_for(xs.device, xs.dtype)
+        n, total = own.shape[0], attend.shape[0]
+        local = torch.arange(total - n, total, device=attend.device)  # own tokens = the tail of the gather
+        for i, block in enumerate(self.blocks):
+            k, v = k_cache[i].index_select(1, attend), v_cache[i].index_select(1, attend)
+            xs = block(xs, e0, rope, k, v, local, cross.k[i], cross.v[i], backend)
+            k_cache[i].index_copy_(1, own, k[:, total - n:])
+            v_cache[i].index_copy_(1, own, v[:, total - n:])
+
 
 def _layer(block: AttentionBlock, *args: object) -> torch.Tensor:
     """A free function (not a bound method), so one compiled code object serves every layer."""

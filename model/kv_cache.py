@@ -31,6 +31,10 @@ Worked example (golden set A ``rolling_sink``: 12 tokens/frame, window 7 frames,
 of 3): blocks 0 and 1 fill frame slots 0-5; block 2 (frames 6-8) goes to slots 6, 1, 2, replacing
 frames 1-2 (the official rule drops them too); the cache holds frames {0, 3..8}; ``ordered`` gives
 slots 0, 3, 4, 5, 6, 1, 2 = frames 0, 3, 4, 5, 6, 7, 8 as the official buffer.
+
+KV re-cache (``StreamPipeline.recache``) needs the clean latents of the window's frames: a
+:class:`LatentRing` keeps them with the same frame -> slot mapping, and :meth:`KVCache.recache_groups`
+says which frames to re-run, grouped by the block that made them.
 """
 
 from __future__ import annotations
@@ -76,7 +80,9 @@ class KVCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self._tok = torch.arange(self.capacity, device=device).view(capacity_frames, tokens_per_frame)
+        self._frames = torch.arange(capacity_frames, device=device)
         self._slot_index: dict[tuple[int, ...], torch.Tensor] = {}
+        self._frame_index: dict[tuple[int, ...], torch.Tensor] = {}
         self.trace: list[dict[str, int]] | None = None  # set to [] to record every call
         self.reset()
 
@@ -116,6 +122,29 @@ class KVCache:
             idx = torch.cat([self._tok[s] for s in key])
             self._slot_index[key] = idx
         return idx
+
+    def frame_slots(self, first_frame: int, count: int) -> torch.Tensor:
+        """Frame slot indices [count] on the device of absolute frames [first, first+count) (latent ring)."""
+        key = tuple(self.frame_slot(a) for a in range(first_frame, first_frame + count))
+        idx = self._frame_index.get(key)
+        if idx is None:
+            idx = torch.cat([self._frames[s:s + 1] for s in key])
+            self._frame_index[key] = idx
+        return idx
+
+    def recache_groups(self, frames_per_block: int) -> list[tuple[int, int]]:
+        """Non-sink frames of the window as (first frame, count) runs, one per block that wrote them,
+        oldest first: what a KV re-cache re-runs (the oldest run can be a block's tail, when the window
+        is not a multiple of the block or the sink cuts into block 0)."""
+        groups: list[tuple[int, int]] = []
+        for a in self.window_frames():
+            if a < self.sink_frames:
+                continue
+            if groups and a // frames_per_block == groups[-1][0] // frames_per_block:
+                groups[-1] = (groups[-1][0], groups[-1][1] + 1)
+            else:
+                groups.append((a, 1))
+        return groups
 
     # -- one model call -----------------------------------------------------------------------
     def begin(self, current_start: int, num_new: int) -> CacheView:
@@ -170,6 +199,31 @@ class KVCache:
 
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.k) + sum(t.nbytes for t in self.v)
+
+
+class LatentRing:
+    """Clean latents ``[B, capacity_frames, C, h, w]`` of the frames the KV cache holds, at the same frame slots.
+
+    Written by every context pass (the block's clean x0, exactly what that pass fed the model, in the model
+    dtype); read by a KV re-cache. Stale slots are never read, so ``KVCache.reset`` needs no counterpart.
+    At 480x832 with window 21 it is 21 x 16 x 60 x 104 values (4 MB in bf16).
+    """
+
+    def __init__(self, kv: KVCache, batch: int, channels: int, h: int, w: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+        self.kv = kv
+        self.x = torch.zeros(batch, kv.capacity_frames, channels, h, w, dtype=dtype, device=device)
+
+    def write(self, first_frame: int, x0: torch.Tensor) -> None:
+        """Latents [B, F, C, h, w] of absolute frames [first_frame, first_frame + F) (device index, no sync)."""
+        self.x.index_copy_(1, self.kv.frame_slots(first_frame, x0.shape[1]), x0.to(self.x.dtype))
+
+    def read(self, first_frame: int, count: int) -> torch.Tensor:
+        """Latents [B, count, C, h, w] of absolute frames [first_frame, first_frame + count)."""
+        return self.x.index_select(1, self.kv.frame_slots(first_frame, count))
+
+    def nbytes(self) -> int:
+        return self.x.nbytes
 
 
 class CrossAttnCache:

@@ -9,6 +9,10 @@ device (made when the step list changes), sigmas are host floats, RoPE cos/sin c
 table, KV slots are cached device index tensors, noise is drawn one block ahead on the CPU and
 copied ``non_blocking`` (:mod:`.noise`). On CUDA each block ends with a recorded event
 (``ready_event``) that a consumer (decoder stream) can wait on instead of synchronizing.
+
+KV re-cache (:meth:`StreamPipeline.recache`, docs/MODEL.md "KV re-cache"): every context pass also
+stores its clean latents in a :class:`~.kv_cache.LatentRing`; on a prompt change with re-cache the
+window's non-sink frames run the context pass again under the new text, rewriting their K/V in place.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 
 from .causal_wan import CausalWanModel
 from .config import StreamConfig
-from .kv_cache import CrossAttnCache, KVCache
+from .kv_cache import CrossAttnCache, KVCache, LatentRing
 from .noise import NoiseStream
 from .rope import RopeTable
 from .scheduler import FlowMatchScheduler, one_minus_f32, renoise, validate_steps, x0_from_flow
@@ -62,6 +66,7 @@ class StreamPipeline:
         ph, pw = mcfg.patch_size[1:]
         table = (cfg.rope_rebase_frames or cfg.max_rope_frames) + 1  # rebasing rotates by up to that many
         self.rope = RopeTable(mcfg.head_dim, cfg.latent_h // ph, cfg.latent_w // pw, min(table, 4096), self.device)
+        self.latents = LatentRing(self.kv, batch, mcfg.in_dim, cfg.latent_h, cfg.latent_w, self.dtype, self.device)
         shape = (batch, cfg.num_frame_per_block, mcfg.in_dim, cfg.latent_h, cfg.latent_w)
         self.noise = NoiseStream(shape, self.device, self.dtype, seed)
         self.prompt_embeds: torch.Tensor | None = None
@@ -186,8 +191,47 @@ class StreamPipeline:
         return x0
 
     def context_pass(self, x0: torch.Tensor, plan: BlockPlan) -> None:
-        """The clean block at t = context_noise overwrites this block's K/V (output discarded)."""
+        """The clean block at t = context_noise overwrites this block's K/V (output discarded); its latents
+        go to the latent ring (a later re-cache runs them again)."""
         self._pass(x0, self.t_feat_ctx, plan)
+        self.latents.write(plan.start_frame, x0)
+
+    def rope_frames(self, first_frame: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE (cos, sin) of absolute frames [first, first+count) at their positions now, negative ones too
+        (frames from before a rebase): cos(-a) = cos(a), sin(-a) = -sin(a) on the frame axis."""
+        pos = [a - self.kv.frame_base for a in range(first_frame, first_frame + count)]
+        cos, sin = self.rope.positions([abs(p) for p in pos])
+        neg = [i for i, p in enumerate(pos) if p < 0]
+        if neg:
+            S, c_t = self.tokens_per_frame, self.rope.ref.c_t
+            sin = sin.clone()
+            for i in neg:
+                sin[:, i * S:(i + 1) * S, :, :c_t] *= -1
+        return cos, sin
+
+    @torch.no_grad()
+    def recache(self) -> list[tuple[int, int]]:
+        """KV re-cache under the current prompt (call after :meth:`set_prompt_embeds`, before the block).
+
+        Fills the cross-attention cache from the new text, then runs the context pass (t = context_noise)
+        over the window's non-sink frames from the latent ring, grouped by the block that made them, oldest
+        first; each group attends the sink + the groups already re-cached + itself (what a from-scratch
+        rebuild does block by block) and its K/V are rewritten in place: same slots, same RoPE positions.
+        Sink K/V, other slots and every index stay as they are. Eager (see ``CausalWanModel.rewrite_kv``).
+        Returns the groups as (first frame, count).
+        """
+        self._fill_cross()
+        kv = self.kv
+        groups = kv.recache_groups(self.cfg.num_frame_per_block)
+        attended = [kv.slots(0, kv.sink_frames)] if kv.sink_frames else []
+        for first, count in groups:
+            own = kv.slots(first, count)
+            attended.append(own)
+            self.model.rewrite_kv(self.latents.read(first, count), self.t_feat_ctx, self.rope_frames(first, count),
+                                  kv.k, kv.v, torch.cat(attended), own, self.cross)
+        log.debug("re-cached %d frames in %d groups at block %d", sum(c for _, c in groups), len(groups),
+                  self.block_index)
+        return groups
 
     def _finish_block(self) -> None:
         self.block_index += 1

@@ -167,6 +167,25 @@ def test_zero_recompiles_after_the_window_fills() -> None:
     assert be.compiles == 5, be.compiles
 
 
+def test_recache_runs_eager_and_never_recompiles() -> None:
+    """KV re-cache (issue 10) runs its own eager layer loop: no compile for it, none after it, while the
+    window fills or is full, and the compiled stream after it equals an eager one with the same re-caches."""
+    torch._dynamo.reset()
+    be = CountingBackend("aot_eager")
+    p = make(random_model(TINY, seed=0), compile_backend=be, rope_rebase_frames=12)
+    ref = make(random_model(TINY, seed=0), rope_rebase_frames=12)
+    for i in range(9):  # recache at block 1 (filling), 4 (full, rebased at 4), 5 and 8
+        before = be.compiles
+        for q in (p, ref):
+            if i in (1, 4, 5, 8):
+                q.set_prompt_embeds(embeds(10 + i, n=3 + i))
+                q.recache()
+        assert be.compiles == before  # the re-cache itself compiles nothing
+        torch.testing.assert_close(p.next_block(), ref.next_block(), atol=1e-5, rtol=1e-5)
+        assert be.compiles == [3, 4, 5][min(i, 2)], (i, be.compiles)  # only the fill lengths compile
+    assert p.frame_base > 0 and be.compiles == 5, be.compiles
+
+
 def test_warm_up_compiles_everything_then_starts_clean() -> None:
     torch._dynamo.reset()
     be = CountingBackend("aot_eager")
