@@ -5,7 +5,10 @@
   `sfbridge serve --model testsrc` as a subprocess on free ports and runs the program under
   mono. It checks msgpack (self-test and a cross-check with Python's msgpack both ways),
   control replies and errors, JPEG and rgb24 frames, events, a prompt change showing up as
-  `state` in later frame headers, seed/steps/pause/resume/reset, then kills the daemon
+  `state` in later frame headers, issue-10 steering (a weighted slerp blend, then a seed scheduled
+  8 blocks ahead plus a prompt scheduled by scene time and cancelled: each reply's state_id,
+  applies_at_block and scheduled, its `applied` event at exactly that block, frame headers changing
+  `state` at that block, the cancelled one never landing), seed/steps/pause/resume/reset, then kills the daemon
   (SIGKILL), checks the control timeout, restarts the daemon on the same ports and checks that
   the client reconnected by itself, and finally a quick clean shutdown.
 - test_unity_scripts_compile: compiles the Unity-facing scripts (Runtime/Unity, the sample)
@@ -149,6 +152,9 @@ def test_csharp_console_client(tmp_path, daemon):
         "rgb24_frames",
         "events",
         "prompt_state",
+        "steering_args",
+        "weighted_blend",
+        "scheduled_change",
         "seed",
         "steps_not_supported",
         "pause_resume",

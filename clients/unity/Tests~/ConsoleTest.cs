@@ -360,6 +360,8 @@ static class ConsoleTest
             if (MsgPackMap.GetString(ev, "type") == "applied" && MsgPackMap.GetLong(ev, "state_id") == sid) sawApplied = true;
         Ok("applied_event", sawApplied ? "seen" : "not_seen");
 
+        Steering(control, jpeg);
+
         // seed (callback API), steps (not_supported on testsrc), pause/resume.
         var seedDone = new ManualResetEvent(false);
         SfbridgeReply seedReply = null;
@@ -400,6 +402,123 @@ static class ConsoleTest
         try { control.Ping(); } catch (ObjectDisposedException) { disposedThrows = true; }
         Check(disposedThrows, "calls after Dispose must throw ObjectDisposedException");
         Ok("shutdown", "ms=" + sdMs);
+    }
+
+    // ---------------------------------------------------------------- issue 10 steering
+
+    // Collects frames and events until the change sid has its `applied` event and a frame of a block
+    // after `block` arrived. Checks that frames change state exactly at `block`: before it every
+    // frame has a state below sid, from it on at or above. Returns the applied event.
+    static Dictionary<string, object> WaitLanded(SfbridgeSubscriber s, long sid, long block, string stream,
+                                                 List<Dictionary<string, object>> events, int timeoutMs)
+    {
+        Dictionary<string, object> applied = null;
+        bool sawAfter = false, sawAt = false;
+        var sw = Stopwatch.StartNew();
+        while (sw.ElapsedMilliseconds < timeoutMs && !(applied != null && sawAfter))
+        {
+            SfbridgeFrame f = s.WaitFrame(100);
+            Dictionary<string, object> ev;
+            while (s.TryDequeueEvent(out ev))
+            {
+                events.Add(ev);
+                if (MsgPackMap.GetString(ev, "type") == "applied" && MsgPackMap.GetLong(ev, "state_id") == sid) applied = ev;
+            }
+            if (f == null || f.Stream != stream) continue;
+            if (f.Block < block) Check(f.State < sid, "frame of block " + f.Block + " has state " + f.State + " >= " + sid + " before its block " + block);
+            else
+            {
+                Check(f.State >= sid, "frame of block " + f.Block + " has state " + f.State + " < " + sid + " at/after its block " + block);
+                if (f.Block == block) sawAt = true;
+                if (f.Block > block) sawAfter = true;
+            }
+        }
+        Check(applied != null, "no applied event for state " + sid + " within " + timeoutMs + " ms");
+        Check(sawAfter, "no frame after block " + block + " within " + timeoutMs + " ms");
+        Check(MsgPackMap.GetLong(applied, "block") == block, "applied event of state " + sid + " at block " +
+            MsgPackMap.GetLong(applied, "block") + ", reply said " + block);
+        Console.Error.WriteLine("[client] state " + sid + " landed at block " + block + (sawAt ? " (frame of that block seen)" : ""));
+        return applied;
+    }
+
+    static void Steering(SfbridgeControl control, SfbridgeSubscriber jpeg)
+    {
+        var events = new List<Dictionary<string, object>>();
+        string stream = MsgPackMap.GetString(control.Status().Result, "stream");
+
+        // Client-side checks: refused before anything is sent.
+        bool threw = false;
+        try { SfbridgeSteering.WeightedPromptRequest(new[] { new SfbridgeWeightedPrompt("a", 0), new SfbridgeWeightedPrompt("b", 0) }, null); }
+        catch (ArgumentException) { threw = true; }
+        Check(threw, "all-zero weights were not refused");
+        threw = false;
+        try { SfbridgeSteering.WeightedPromptRequest(new[] { new SfbridgeWeightedPrompt("a", 1) }, new SfbridgePromptOptions { Mix = "slerp" }); }
+        catch (ArgumentException) { threw = true; }
+        Check(threw, "slerp of one prompt was not refused");
+        var wire = SfbridgeSteering.PromptRequest("x", new SfbridgePromptOptions { Transition = "blend", BlendBlocks = 5, Interp = "slerp", Recache = true, At = SfbridgeSchedule.AtPts(1.5) });
+        Check(MsgPackMap.GetString(wire, "text") == "x" && MsgPackMap.GetString(wire, "transition") == "blend" &&
+              MsgPackMap.GetLong(wire, "blend_blocks") == 5 && MsgPackMap.GetString(wire, "interp") == "slerp" &&
+              MsgPackMap.GetBool(wire, "recache") && MsgPackMap.GetDouble(wire, "at_pts") == 1.5 &&
+              !wire.ContainsKey("at_block") && !wire.ContainsKey("mix") && wire.Count == 7,
+              "prompt request map " + MsgPackMap.ToDebugString(wire));
+        Ok("steering_args");
+
+        // One weighted blend: two prompts mixed linearly, a 3-block slerp blend to them, at the next block.
+        var prompts = new List<SfbridgeWeightedPrompt> { new SfbridgeWeightedPrompt("a red desert", 0.7), new SfbridgeWeightedPrompt("a blue ocean", 0.3) };
+        SfbridgeReply wr = control.WeightedPrompt(prompts, new SfbridgePromptOptions { Transition = "blend", BlendBlocks = 3, Interp = "slerp", Mix = "linear" });
+        Check(wr.StateId > 0 && wr.AppliesAtBlock >= 0, "weighted prompt reply " + MsgPackMap.ToDebugString(wr.Result));
+        Check(MsgPackMap.Has(wr.Result, "scheduled") && !wr.Scheduled, "weighted prompt for the next block says scheduled=" + wr.Scheduled);
+        var ap = WaitLanded(jpeg, wr.StateId, wr.AppliesAtBlock, stream, events, 15000);
+        List<object> apPrompts = MsgPackMap.GetList(ap, "prompts");
+        Check(apPrompts != null && apPrompts.Count == 2, "applied prompts " + MsgPackMap.ToDebugString(ap));
+        Check(MsgPackMap.GetString(ap, "mix") == "linear" && MsgPackMap.GetString(ap, "interp") == "slerp" &&
+              MsgPackMap.GetString(ap, "transition") == "blend" && MsgPackMap.GetLong(ap, "blend_blocks") == 3,
+              "applied event fields " + MsgPackMap.ToDebugString(ap));
+        Ok("weighted_blend", "state_id=" + wr.StateId + " block=" + wr.AppliesAtBlock + " prompt=" + MsgPackMap.GetString(ap, "prompt"));
+
+        // One scheduled change: a seed 8 blocks ahead, plus a prompt scheduled by scene time right
+        // after it that is cancelled and must never land.
+        long next = MsgPackMap.GetLong(control.Status().Result, "block");
+        long target = next + 8;
+        SfbridgeReply sr = control.Seed(4242, SfbridgeSchedule.AtBlock(target));
+        Check(sr.AppliesAtBlock == target && sr.Scheduled, "scheduled seed reply " + MsgPackMap.ToDebugString(sr.Result));
+        double pts = (9 + 12 * target) / 16.0; // first frame of block target+1 (block 0 has 9 frames, later ones 12)
+        SfbridgeReply cr = control.Prompt("never shown", new SfbridgePromptOptions { At = SfbridgeSchedule.AtPts(pts) });
+        Check(cr.AppliesAtBlock == target + 1 && cr.Scheduled, "at_pts " + pts + " reply " + MsgPackMap.ToDebugString(cr.Result));
+        List<object> scheduled = MsgPackMap.GetList(control.Status().Result, "scheduled");
+        string sched = MsgPackMap.ToDebugString(scheduled);
+        bool seedListed = false, promptListed = false;
+        foreach (object o in scheduled ?? new List<object>())
+        {
+            var m = o as Dictionary<string, object>;
+            if (m == null) continue;
+            long id = MsgPackMap.GetLong(m, "state_id", -1), at = MsgPackMap.GetLong(m, "at_block", -1);
+            string change = MsgPackMap.GetString(m, "change");
+            seedListed |= id == sr.StateId && change == "seed" && at == target;
+            promptListed |= id == cr.StateId && change == "prompt" && at == target + 1;
+        }
+        Check(seedListed && promptListed, "status scheduled " + sched);
+        SfbridgeReply cancel = control.Cancel(cr.StateId);
+        Check(MsgPackMap.GetLong(cancel.Result, "cancelled", -1) == cr.StateId, "cancel reply " + MsgPackMap.ToDebugString(cancel.Result));
+        try { control.Cancel(cr.StateId); throw new Fail("a second cancel did not raise"); }
+        catch (SfbridgeRequestException e) { Check(e.Code == "not_found", "second cancel gave code " + e.Code); }
+        var sa = WaitLanded(jpeg, sr.StateId, target, stream, events, 20000);
+        Check(MsgPackMap.GetString(sa, "change") == "seed" && MsgPackMap.GetLong(sa, "seed") == 4242, "applied seed " + MsgPackMap.ToDebugString(sa));
+        // Past the cancelled change's block: it never landed, and its cancel was announced.
+        SfbridgeFrame late = WaitFor(jpeg, 10000, f => f.Stream != stream || f.Block > target + 2, "a frame past block " + (target + 2));
+        Check(late.State < cr.StateId, "frame of block " + late.Block + " carries state " + late.State + " of the cancelled change");
+        Dictionary<string, object> ev;
+        while (jpeg.TryDequeueEvent(out ev)) events.Add(ev);
+        bool cancelledEvent = false;
+        foreach (var e in events)
+        {
+            string type = MsgPackMap.GetString(e, "type");
+            if (MsgPackMap.GetLong(e, "state_id", -1) != cr.StateId) continue;
+            Check(type == "cancelled", "the cancelled change got a '" + type + "' event");
+            cancelledEvent = MsgPackMap.GetString(e, "reason") == "cancel";
+        }
+        Check(cancelledEvent, "no cancelled event (reason cancel) for state " + cr.StateId);
+        Ok("scheduled_change", "seed_state=" + sr.StateId + " at_block=" + target + " cancelled_state=" + cr.StateId);
     }
 
     static void Restart(SfbridgeControl control, SfbridgeSubscriber jpeg, SfbridgeSubscriber rgb, string oldStream,
