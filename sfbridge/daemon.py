@@ -14,7 +14,6 @@ import queue
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +24,13 @@ from sfbridge.control import ControlServer
 from sfbridge.encoders import make_encoders
 from sfbridge.engine import Engine, EngineStats
 from sfbridge.generators import Generator, GeneratorError, Steering, create_generator
+from sfbridge.prepare import PrepareQueue
 from sfbridge.protocol import (
     DEFAULT_CONTROL,
     DEFAULT_FRAMES,
     FRAME_FORMATS,
     PROTOCOL_VERSION,
+    Cancel,
     Ping,
     Prompt,
     ProtocolError,
@@ -39,10 +40,11 @@ from sfbridge.protocol import (
     Seed,
     Status,
     Steps,
+    make_event,
 )
 from sfbridge.protocol import Pause as PauseReq
 from sfbridge.publisher import Publisher
-from sfbridge.steering import SteeringBox
+from sfbridge.steering import Change, SteeringBox
 
 log = logging.getLogger("sfbridge.daemon")
 
@@ -92,7 +94,7 @@ class Daemon:
         # Generators are engine-thread-only: read their static facts once, here, for `status`.
         self.description = generator.describe()
         self.started = time.time()
-        self.box = SteeringBox(Steering(prompt=config.prompt, seed=config.seed, state_id=1))
+        self.box = SteeringBox(Steering(prompt=config.prompt, seed=config.seed, state_id=1), fps=generator.fps)
         self.outbox: queue.Queue = queue.Queue()
         self.events: queue.Queue = queue.Queue()
         self.ctx = zmq.Context()
@@ -102,11 +104,12 @@ class Daemon:
                                    pace=config.pace, sndhwm=config.sndhwm, notify_engine=lambda: self.engine.notify(),
                                    state_info=self.state_info)
         self.engine = Engine(generator, self.box, self.outbox, self.events, max_ahead=config.max_ahead,
-                             stats=self.engine_stats, on_output=self.publisher.wake)
+                             stats=self.engine_stats, on_output=self.publisher.wake,
+                             on_due=lambda c: self.preparer.submit(c.texts, c.state_id, settle=False))
         self.control = ControlServer(self.ctx, config.control, self.handle)
         self.stopped = threading.Event()
-        # One worker: prompts are prepared in arrival order while the engine keeps generating.
-        self.preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sfbridge-prepare")
+        # Text encoding off the engine and control threads, bounded: see sfbridge/prepare.py.
+        self.preparer = PrepareQueue(generator.prepare, self.box.wants_encoding)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -129,7 +132,7 @@ class Daemon:
         self.publisher.stop()
         self.control.thread.join(timeout)
         self.publisher.thread.join(timeout)
-        self.preparer.shutdown(wait=False, cancel_futures=True)
+        self.preparer.stop()
         t0 = time.monotonic()
         self.ctx.term()  # waits for the publisher's linger: the `stopping` event leaves before we exit
         log.info("stopped (sockets flushed in %.3f s)", time.monotonic() - t0)
@@ -142,17 +145,23 @@ class Daemon:
         if isinstance(req, Status):
             return self.status()
         if isinstance(req, Prompt):
-            self._prepare(req.text)
-            state_id, block = self.box.set_prompt(req.text, req.transition, req.blend_blocks)
-            return {"state_id": state_id, "applies_at_block": block}
+            fields = {"prompt": req.text, "prompts": req.prompts, "mix": req.mix, "interp": req.interp,
+                      "recache": req.recache, "transition": req.transition, "blend_blocks": req.blend_blocks}
+            change = self.box.submit("prompt", fields, req.schedule, texts=req.texts())
+            if not change.scheduled:  # scheduled ones are encoded when due (the engine's on_due)
+                self.preparer.submit(change.texts, change.state_id)
+            return self._accepted(change)
         if isinstance(req, Seed):
-            state_id, block = self.box.set_seed(req.seed)
-            return {"state_id": state_id, "applies_at_block": block}
+            return self._accepted(self.box.submit("seed", {"seed": req.seed}, req.schedule))
         if isinstance(req, Steps):
             if not self.generator.supports_steps():
                 raise ProtocolError("not_supported", f"model {self.generator.name!r} has no denoising steps")
-            state_id, block = self.box.set_steps(req.steps)
-            return {"state_id": state_id, "applies_at_block": block}
+            steps = tuple(float(s) for s in req.steps)
+            return self._accepted(self.box.submit("steps", {"denoising_steps": steps}, req.schedule))
+        if isinstance(req, Cancel):
+            change = self.box.cancel(req.state_id)
+            self._emit(make_event("cancelled", state_id=change.state_id, change=change.kind, reason="cancel"))
+            return {"cancelled": change.state_id}
         if isinstance(req, PauseReq):
             with self.publisher.gate:  # no frame publish starts after this block: the reply names the last
                 self.box.set_paused(True)
@@ -163,26 +172,27 @@ class Daemon:
             return {"paused": False}
         if isinstance(req, Reset):
             if req.prompt is not None:
-                self._prepare(req.prompt)
-            state_id, stream = self.box.reset(req.prompt, req.seed)
+                self.preparer.submit((req.prompt,), None, settle=False)
+            state_id, stream, dropped = self.box.reset(req.prompt, req.seed)
+            for change in dropped:
+                self._emit(make_event("cancelled", state_id=change.state_id, change=change.kind, reason="reset"))
             return {"state_id": state_id, "stream": stream}
         raise ProtocolError("unknown_op", f"unhandled request {type(req).__name__}")  # pragma: no cover
 
-    def _prepare(self, prompt: str) -> None:
-        """Start the generator's per-prompt work (text encoding) now, off the engine and control threads."""
-        def run() -> None:
-            try:
-                self.generator.prepare(prompt)
-            except Exception:  # the engine will hit (and report) the same problem when it applies the prompt
-                log.exception("preparing prompt %r failed", prompt[:80])
+    def _accepted(self, change: Change) -> dict:
+        return {"state_id": change.state_id, "applies_at_block": change.at_block, "scheduled": change.scheduled}
 
-        self.preparer.submit(run)
+    def _emit(self, event: dict) -> None:
+        """An event from the control thread (cancel, reset); the publisher sends it with the engine's."""
+        self.events.put(event)
+        self.publisher.wake()
 
     def state_info(self) -> dict:
         """Where the stream stands: sent as a `state` event to every new event subscriber."""
         s = self.box.peek()
         return {"stream": self.box.stream, "model": self.generator.name, "width": self.generator.width,
-                "height": self.generator.height, "fps": self.generator.fps, "prompt": s.prompt, "seed": s.seed,
+                "height": self.generator.height, "fps": self.generator.fps, "prompt": s.prompt,
+                "prompts": [{"text": t, "weight": w} for t, w in s.weighted()], "mix": s.mix, "seed": s.seed,
                 "state_id": s.state_id, "block": self.box.next_block, "paused": self.box.paused}
 
     def status(self) -> dict:
@@ -194,6 +204,8 @@ class Daemon:
             "protocol": PROTOCOL_VERSION,
             "version": __version__,
             "steps": list(steps) if steps else None,
+            "scheduled": [{"state_id": c.state_id, "change": c.kind, "at_block": c.at_block}
+                          for c in self.box.scheduled()],
             "uptime": time.time() - self.started,
             "formats": list(FRAME_FORMATS),
             "jpeg_quality": self.config.jpeg_quality,

@@ -20,7 +20,7 @@ import numpy as np
 
 from sfbridge.generators.base import Generator, PendingFrames
 from sfbridge.protocol import make_event
-from sfbridge.steering import Snapshot, SteeringBox
+from sfbridge.steering import Change, Snapshot, SteeringBox
 
 log = logging.getLogger("sfbridge.engine")
 
@@ -54,6 +54,18 @@ class BlockOut:
         return isinstance(f, PendingFrames) and f.done() and (f.cancelled() or f.exception() is not None)
 
 
+def applied_event(change: Change, snap: Snapshot) -> dict:
+    """The `applied` event of ``change`` (docs/PROTOCOL.md 3.2): the block's steering, and a prompt's transition."""
+    s = snap.steering
+    extra: dict = {}
+    if change.kind == "prompt":  # the winning prompt's own settings (it is the block's prompt)
+        extra = {"interp": s.interp, "recache": s.recache, "blend_blocks": s.blend_blocks}
+    return make_event("applied", state_id=change.state_id, change=change.kind, transition=change.transition,
+                      block=snap.block, state=s.state_id, prompt=s.prompt,
+                      prompts=[{"text": t, "weight": w} for t, w in s.weighted()], mix=s.mix, seed=s.seed,
+                      steps=list(s.denoising_steps) if s.denoising_steps else None, **extra)
+
+
 @dataclass
 class EngineStats:
     block_ms: float = 0.0
@@ -66,13 +78,15 @@ class EngineStats:
 class Engine:
     def __init__(self, generator: Generator, box: SteeringBox, outbox: queue.Queue, events: queue.Queue,
                  max_ahead: int = 1, stats: EngineStats | None = None,
-                 on_output: Callable[[], None] = lambda: None) -> None:
+                 on_output: Callable[[], None] = lambda: None,
+                 on_due: Callable[[Change], None] = lambda change: None) -> None:
         self.generator = generator
         self.box = box
         self.outbox = outbox
         self.events = events
         self.max_ahead = max_ahead
         self.on_output = on_output  # wakes the publisher at once (new block or event)
+        self.on_due = on_due  # a scheduled prompt lands at the next block: its text should be encoded now
         self.stats = stats or EngineStats()
         self._seq = 0
         self._was_paused = False
@@ -103,6 +117,8 @@ class Engine:
                         return
                     self._announce_pause()
                     snap = self.box.take()
+                if snap.due is not None:
+                    self.on_due(snap.due)
                 self._step(snap)
         except BaseException:  # pragma: no cover - last line of defence, logged for the operator
             log.exception("engine thread died")
@@ -140,8 +156,9 @@ class Engine:
                 self.generator.reset(s)
                 self._emit(make_event("started", stream=snap.stream, model=self.generator.name,
                                            width=self.generator.width, height=self.generator.height,
-                                           fps=self.generator.fps, prompt=s.prompt, seed=s.seed,
-                                           state_id=s.state_id))
+                                           fps=self.generator.fps, prompt=s.prompt,
+                                           prompts=[{"text": t, "weight": w} for t, w in s.weighted()],
+                                           mix=s.mix, seed=s.seed, state_id=s.state_id))
                 log.info("scene %s started: %r seed %d", snap.stream, s.prompt, s.seed)
                 t0 = time.perf_counter()
             out = self.generator.submit_block(s)  # frames may still be decoding: the next block starts now
@@ -153,19 +170,20 @@ class Engine:
             self._emit(make_event("error", code="internal",
                                        message=f"generator failed on block {snap.block}: {exc}"))
             # A failure can leave caches half-written: start a new scene after a pause.
-            self.box.give_back(snap.changes)
+            self.box.give_back(snap)
             with self.box.cond:
-                self.box.reset(None, None)
+                self._dropped(self.box.reset(None, None)[2])
                 self.box.cond.wait(timeout=RETRY_DELAY_S)
             return
         gen_s = time.perf_counter() - t0
         n = len(out.frames)
         # Sent now, before any frame of the block is published (the publisher sends queued events
         # before it takes the block): one per accepted change, so every state_id is announced.
-        for change in snap.changes:
-            self._emit(make_event("applied", state_id=change.state_id, change=change.kind,
-                                  transition=change.transition, block=snap.block, state=s.state_id,
-                                  prompt=s.prompt, seed=s.seed))
+        outcomes = [(c.state_id, applied_event(c, snap)) for c in snap.changes]
+        outcomes += [(c.state_id, make_event("superseded", state_id=c.state_id, change=c.kind, by=by,
+                                             block=snap.block)) for c, by in snap.superseded]
+        for _, event in sorted(outcomes, key=lambda o: o[0]):
+            self._emit(event)
         blk = BlockOut(frames=out.frames, block=snap.block, first_frame=out.first_frame, first_seq=self._seq,
                        state=s.state_id, stream=snap.stream, t_gen=time.time(), gen_s=gen_s)
         if isinstance(out.frames, PendingFrames):
@@ -175,6 +193,11 @@ class Engine:
         self._seq += n
         if not isinstance(out.frames, PendingFrames):
             self._account(n, gen_s)
+
+    def _dropped(self, changes: list[Change]) -> None:
+        """A reset dropped these scheduled changes of the old scene."""
+        for c in changes:
+            self._emit(make_event("cancelled", state_id=c.state_id, change=c.kind, reason="reset"))
 
     def _checked(self, pending: PendingFrames, blk: BlockOut) -> PendingFrames:
         """The frames of ``blk`` once decoded and checked. Runs on the thread that finishes the decode:
@@ -211,7 +234,7 @@ class Engine:
         self._emit(make_event("error", code="internal", message=f"generator failed on block {blk.block}: {exc}"))
         with self.box.cond:
             if blk.stream == self.box.stream:  # a reset since then already starts a new scene
-                self.box.reset(None, None)  # caches may be half-written: a new scene, after a pause
+                self._dropped(self.box.reset(None, None)[2])  # caches may be half-written: a new scene, after a pause
                 self._retry_at = time.monotonic() + RETRY_DELAY_S
 
     def _account(self, n: int, gen_s: float) -> None:

@@ -7,8 +7,9 @@ well-typed commands. Anything wrong raises :class:`ProtocolError` with a code fr
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -23,10 +24,16 @@ MAX_SOCKET_MESSAGE_BYTES = 1 << 20  # ZMQ_MAXMSGSIZE on the ROUTER: libzmq drops
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
 MAX_BLEND_BLOCKS = 64
+MAX_WEIGHTED_PROMPTS = 8  # entries of a `prompts` list
+MAX_AT_BLOCK = 2**31 - 1  # fits a C# int; ~50 years of video at 0.75 s per block
+MAX_AT_PTS = 1e8  # seconds (~3 years); its block is below MAX_AT_BLOCK
+MAX_SCHEDULED = 256  # scheduled changes pending at once; more -> `too_large`
 
 FRAME_FORMATS = ("jpeg", "rgb24")
 EVENT_TOPIC = "event"
 TRANSITIONS = ("cut", "blend")
+INTERPS = ("linear", "slerp")  # path of a blend from the conditioning on screen to the new one
+MIXES = ("linear", "slerp")  # how a weighted `prompts` list combines; slerp takes exactly 2 entries
 
 ERROR_CODES = (
     "bad_msgpack",
@@ -35,6 +42,7 @@ ERROR_CODES = (
     "invalid_value",
     "too_large",
     "not_supported",
+    "not_found",
     "internal",
 )
 
@@ -65,20 +73,48 @@ class Status:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """When a steering change lands: the next block (both None), a block index, or a scene time."""
+
+    at_block: int | None = None
+    at_pts: float | None = None
+
+    @property
+    def immediate(self) -> bool:
+        return self.at_block is None and self.at_pts is None
+
+
+@dataclass(frozen=True)
 class Prompt:
-    text: str
+    text: str  # the single prompt, or the display string of ``prompts``
     transition: str = "cut"
     blend_blocks: int = 4
+    prompts: tuple[tuple[str, float], ...] = ()  # weighted list (2..8 entries); () = just ``text``
+    mix: str = "linear"
+    interp: str = "linear"
+    recache: bool = False
+    schedule: Schedule = field(default_factory=Schedule)
+
+    def texts(self) -> tuple[str, ...]:
+        """Every text the conditioning needs encoded."""
+        return tuple(t for t, _ in self.prompts) or (self.text,)
 
 
 @dataclass(frozen=True)
 class Seed:
     seed: int
+    schedule: Schedule = field(default_factory=Schedule)
 
 
 @dataclass(frozen=True)
 class Steps:
     steps: tuple[int, ...]
+    schedule: Schedule = field(default_factory=Schedule)
+
+
+@dataclass(frozen=True)
+class Cancel:
+    state_id: int
 
 
 @dataclass(frozen=True)
@@ -97,7 +133,7 @@ class Reset:
     seed: int | None = None
 
 
-Request = Ping | Status | Prompt | Seed | Steps | Pause | Resume | Reset
+Request = Ping | Status | Prompt | Seed | Steps | Pause | Resume | Reset | Cancel
 
 
 def _field(msg: dict, name: str, types: type | tuple[type, ...], required: bool, op: str) -> Any:
@@ -118,7 +154,8 @@ def _field(msg: dict, name: str, types: type | tuple[type, ...], required: bool,
 
 def _tname(types: type | tuple[type, ...]) -> str:
     ts = types if isinstance(types, tuple) else (types,)
-    return " or ".join({int: "int", str: "str", list: "array", bool: "bool", float: "float"}.get(t, t.__name__)
+    return " or ".join({int: "int", str: "str", list: "array", bool: "bool", float: "float",
+                        dict: "map"}.get(t, t.__name__)
                        for t in ts)
 
 
@@ -139,30 +176,120 @@ def _seed(value: int, op: str) -> int:
     return value
 
 
+def _choice(m: dict, name: str, choices: tuple[str, ...], default: str, op: str) -> str:
+    value = _field(m, name, str, False, op)
+    if value is None:
+        return default
+    if value not in choices:  # "" too: an empty string is a client bug, not "the default"
+        raise ProtocolError("invalid_value", f"field {name!r} of op {op!r} must be one of "
+                            f"{', '.join(choices)}, got {value[:64]!r}")
+    return value
+
+
+def _number(value: Any, name: str, op: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError("bad_request", f"{name} of op {op!r} must be int or float, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ProtocolError("invalid_value", f"{name} of op {op!r} must be finite, got {value}")
+    return float(value)
+
+
+def parse_schedule(m: dict, op: str) -> Schedule:
+    """``at_block`` or ``at_pts`` of any steering op (prompt, seed, steps; later input): neither = next block."""
+    at_block = _field(m, "at_block", int, False, op)
+    at_pts = m.get("at_pts")
+    if at_block is not None and at_pts is not None:
+        raise ProtocolError("bad_request", f"op {op!r} takes at_block or at_pts, not both "
+                            f"(got at_block={at_block}, at_pts={at_pts})")
+    if at_block is not None and not 0 <= at_block <= MAX_AT_BLOCK:
+        raise ProtocolError("invalid_value", f"field 'at_block' of op {op!r} must be in 0..{MAX_AT_BLOCK}, "
+                            f"got {at_block}")
+    if at_pts is not None:
+        at_pts = _number(at_pts, "field 'at_pts'", op)
+        if not 0 <= at_pts <= MAX_AT_PTS:
+            raise ProtocolError("invalid_value", f"field 'at_pts' of op {op!r} must be in 0..{MAX_AT_PTS:.0e} "
+                                f"seconds, got {at_pts}")
+    return Schedule(at_block=at_block, at_pts=at_pts)
+
+
+def display_text(prompts: tuple[tuple[str, float], ...]) -> str:
+    """``"a red desert (0.70) + a blue ocean (0.30)"``: the weights normalised to sum 1, 2 decimals."""
+    total = sum(w for _, w in prompts)
+    return " + ".join(f"{t} ({w / total:.2f})" for t, w in prompts)
+
+
+def _parse_prompts(items: list) -> tuple[tuple[str, float], ...]:
+    if not 1 <= len(items) <= MAX_WEIGHTED_PROMPTS:
+        raise ProtocolError("invalid_value", f"field 'prompts' of op 'prompt' must hold 1 to "
+                            f"{MAX_WEIGHTED_PROMPTS} entries, got {len(items)}")
+    out = []
+    for i, entry in enumerate(items):
+        name = f"prompts[{i}]"
+        if not isinstance(entry, dict):
+            raise ProtocolError("bad_request", f"{name} of op 'prompt' must be a map {{text, weight}}, "
+                                f"got {type(entry).__name__}")
+        text = _prompt_text(_field(entry, "text", str, True, "prompt"), f"{name}.text", "prompt")
+        if entry.get("weight") is None:
+            raise ProtocolError("bad_request", f"{name} of op 'prompt' needs field 'weight'")
+        weight = _number(entry["weight"], f"{name}.weight", "prompt")
+        if weight < 0:
+            raise ProtocolError("invalid_value", f"{name}.weight of op 'prompt' must be >= 0, got {weight}")
+        out.append((text, weight))
+    if not any(w > 0 for _, w in out):
+        raise ProtocolError("invalid_value", "the weights of field 'prompts' of op 'prompt' must not all be 0")
+    return tuple(out)
+
+
 def _parse_prompt(m: dict) -> Prompt:
-    text = _prompt_text(_field(m, "text", str, True, "prompt"), "text", "prompt")
-    transition = _field(m, "transition", str, False, "prompt") or "cut"
-    if transition not in TRANSITIONS:
-        raise ProtocolError("invalid_value", f"transition must be one of {TRANSITIONS}, got {transition!r}")
+    has_text, has_list = m.get("text") is not None, m.get("prompts") is not None
+    if has_text == has_list:
+        raise ProtocolError("bad_request", "op 'prompt' needs exactly one of the fields 'text' and 'prompts', got "
+                            + ("both" if has_text else "neither"))
+    transition = _choice(m, "transition", TRANSITIONS, "cut", "prompt")
+    interp = _choice(m, "interp", INTERPS, "linear", "prompt")
+    mix = _choice(m, "mix", MIXES, "linear", "prompt")
     blend = _field(m, "blend_blocks", int, False, "prompt")
     blend = 4 if blend is None else blend
     if not 1 <= blend <= MAX_BLEND_BLOCKS:
-        raise ProtocolError("invalid_value", f"blend_blocks must be in 1..{MAX_BLEND_BLOCKS}, got {blend}")
-    return Prompt(text=text, transition=transition, blend_blocks=blend)
+        raise ProtocolError("invalid_value", f"field 'blend_blocks' of op 'prompt' must be in 1..{MAX_BLEND_BLOCKS}, "
+                            f"got {blend}")
+    recache = _field(m, "recache", bool, False, "prompt")
+    schedule = parse_schedule(m, "prompt")
+    if has_text:
+        text, prompts = _prompt_text(_field(m, "text", str, True, "prompt"), "text", "prompt"), ()
+    else:
+        prompts = _parse_prompts(_field(m, "prompts", list, True, "prompt"))
+        if mix == "slerp" and len(prompts) != 2:
+            raise ProtocolError("invalid_value", f"mix 'slerp' of op 'prompt' takes exactly 2 prompts, "
+                                f"got {len(prompts)}; use mix 'linear' for other counts")
+        text = display_text(prompts)
+        if len(prompts) == 1:  # one entry at any weight > 0 is that prompt: the same state as `text`
+            text, prompts = prompts[0][0], ()
+    return Prompt(text=text, transition=transition, blend_blocks=blend, prompts=prompts,
+                  mix=mix if prompts else "linear", interp=interp, recache=bool(recache), schedule=schedule)
+
+
+def _parse_seed(m: dict) -> Seed:
+    return Seed(seed=_seed(_field(m, "seed", int, True, "seed"), "seed"), schedule=parse_schedule(m, "seed"))
 
 
 def _parse_steps(m: dict) -> Steps:
     steps = _field(m, "steps", list, True, "steps")
     if not 1 <= len(steps) <= 4:
-        raise ProtocolError("invalid_value", f"steps must hold 1 to 4 values, got {len(steps)}")
+        raise ProtocolError("invalid_value", f"field 'steps' of op 'steps' must hold 1 to 4 values, got {len(steps)}")
     for s in steps:
         if isinstance(s, bool) or not isinstance(s, int):
-            raise ProtocolError("bad_request", f"steps must be integers, got {type(s).__name__}")
+            raise ProtocolError("bad_request",
+                                f"field 'steps' of op 'steps' must hold integers, got {type(s).__name__}")
         if not 1 <= s <= 1000:
-            raise ProtocolError("invalid_value", f"each step must be in 1..1000, got {s}")
+            raise ProtocolError("invalid_value", f"each step of op 'steps' must be in 1..1000, got {s}")
     if any(a <= b for a, b in zip(steps, steps[1:], strict=False)):
-        raise ProtocolError("invalid_value", f"steps must be strictly decreasing, got {steps}")
-    return Steps(steps=tuple(steps))
+        raise ProtocolError("invalid_value", f"field 'steps' of op 'steps' must be strictly decreasing, got {steps}")
+    return Steps(steps=tuple(steps), schedule=parse_schedule(m, "steps"))
+
+
+def _parse_cancel(m: dict) -> Cancel:
+    return Cancel(state_id=_field(m, "state_id", int, True, "cancel"))
 
 
 def _parse_reset(m: dict) -> Reset:
@@ -178,11 +305,12 @@ _PARSERS = {
     "ping": lambda m: Ping(),
     "status": lambda m: Status(),
     "prompt": _parse_prompt,
-    "seed": lambda m: Seed(seed=_seed(_field(m, "seed", int, True, "seed"), "seed")),
+    "seed": _parse_seed,
     "steps": _parse_steps,
     "pause": lambda m: Pause(),
     "resume": lambda m: Resume(),
     "reset": _parse_reset,
+    "cancel": _parse_cancel,
 }
 OPS = tuple(_PARSERS)
 

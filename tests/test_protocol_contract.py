@@ -134,9 +134,13 @@ def test_every_state_id_gets_its_own_applied_event_before_the_blocks_frames(daem
     assert b["applies_at_block"] == block == c["applies_at_block"]
     client.resume()
     msgs = wait_for(stream, lambda t, m: t == "jpeg" and m["block"] == block)
-    applied = [m for t, m in msgs if t == "event" and m["type"] == "applied"]
-    assert [(m["state_id"], m["change"], m["transition"]) for m in applied] == [
-        (a["state_id"], "prompt", "cut"), (b["state_id"], "seed", "cut"), (c["state_id"], "prompt", "blend")]
+    outcomes = [m for t, m in msgs if t == "event" and m["type"] in ("applied", "superseded")]
+    assert [(m["type"], m["state_id"], m["change"]) for m in outcomes] == [  # issue 10: one outcome per state_id
+        ("superseded", a["state_id"], "prompt"), ("applied", b["state_id"], "seed"),
+        ("applied", c["state_id"], "prompt")]
+    assert outcomes[0]["by"] == c["state_id"] and outcomes[0]["block"] == block  # same kind, same block: c wins
+    applied = outcomes[1:]
+    assert [m["transition"] for m in applied] == ["cut", "blend"]
     for m in applied:
         assert m["block"] == block and m["state"] == c["state_id"]
         assert m["prompt"] == "a blue ocean" and m["seed"] == 7
