@@ -31,6 +31,7 @@ from sfbridge.model.attention import AttentionBackendError, explain_backend
 from sfbridge.model.config import ModelConfig, StreamConfig
 from sfbridge.model.pipeline import StreamPipeline
 from sfbridge.model.vae import VAEConfig, WanVAEDecoder
+from sfbridge.model.vae_encoder import WanVAEEncoder
 from sfbridge.model.weights import random_model
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,14 @@ def random_vae(cfg: VAEConfig = TINY_VAE, seed: int = VAE_SEED) -> WanVAEDecoder
         torch.manual_seed(seed)
         vae = WanVAEDecoder(cfg)
     return vae.eval().requires_grad_(False)
+
+
+def random_vae_encoder(cfg: VAEConfig = TINY_VAE, seed: int = VAE_SEED + 1) -> WanVAEEncoder:
+    """Seeded random Wan VAE encoder for v2v on CPU; push [B, T, 3, H, W] frames via StreamingVAEEncoder."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        enc = WanVAEEncoder(cfg)
+    return enc.eval().requires_grad_(False)
 
 
 class PreviewFrames(FrameDecoder):
