@@ -91,12 +91,12 @@ def test_blend_during_blend_starts_from_the_last_conditioning(gen: TinyGenerator
     gen.reset(snap.steering)
     gen.next_block(snap.steering)
     emb = {p: gen._embeds(p) for p in "ABC"}
-    box.set_prompt("B", "blend", 4)
+    box.submit("prompt", dict(prompt="B", transition="blend", blend_blocks=4))
     for _ in range(2):
         gen.next_block(box.take().steering)
     on_screen = gen._last_embeds.clone()
     assert torch.allclose(on_screen, 0.5 * emb["B"] + 0.5 * emb["A"])
-    box.set_prompt("C", "blend", 4)
+    box.submit("prompt", dict(prompt="C", transition="blend", blend_blocks=4))
     gen.next_block(box.take().steering)
     assert torch.allclose(gen._last_embeds, 0.25 * emb["C"] + 0.75 * on_screen)
     gen.reset(snap.steering)

@@ -1,7 +1,9 @@
 """The streaming core shared by ``tiny`` and ``self-forcing``: pipeline + decoder -> blocks, with steering.
 
 :class:`StreamingGenerator` applies steering at block boundaries (prompt / blend changes reset only
-the cross-attention cache, a seed change reseeds the noise, ``denoising_steps`` sets the step
+the cross-attention cache, weighted prompt lists and blends go through :mod:`.conditioning`, a
+``recache`` prompt change re-runs the window's context passes under the new text first
+(``StreamPipeline.recache``), a seed change reseeds the noise, ``denoising_steps`` sets the step
 list) and turns each block's latents into uint8 frames through a :class:`FrameDecoder`; the
 subclasses only say where text embeddings come from. A :class:`~sfbridge.generators.overlap.DecodeStage`
 runs the decoder: overlapped by default, so :meth:`StreamingGenerator.submit_block` returns as soon as
@@ -22,9 +24,16 @@ from sfbridge.generators.base import (
     Generator,
     GeneratorError,
     Steering,
-    blend_identity,
     pixel_frames,
     resolve,
+)
+from sfbridge.generators.conditioning import blend as mix_blend
+from sfbridge.generators.conditioning import (
+    blend_alpha,
+    blend_identity,
+    mix_weighted,
+    prompt_identity,
+    source_key,
 )
 from sfbridge.generators.overlap import DEFAULT_MAX_IN_FLIGHT, DecodeStage
 
@@ -126,6 +135,8 @@ class StreamingGenerator(Generator):
         self._blend: tuple | None = None  # identity of the running blend transition
         self._blend_from: torch.Tensor | None = None  # conditioning the running blend started from
         self._last_embeds: torch.Tensor | None = None  # conditioning of the last block
+        self._cond_last: tuple[tuple, torch.Tensor] | None = None  # (cond_key, embedding) of the last mix
+        self._recached: tuple | None = None  # prompt_identity() of the last re-cache
         self._seed = int(seed)
         self._frame = 0
 
@@ -148,29 +159,54 @@ class StreamingGenerator(Generator):
             raise GeneratorError(f"{self.name}: {e}") from e
         self._steps = tuple(steps)
 
-    def _apply(self, steering: Steering) -> float:
-        """Bring prompt, seed and steps in line with ``steering`` for the next block; returns blend alpha."""
+    def _cond(self, key: tuple) -> torch.Tensor:
+        """Embedding of a ``Steering.cond_key()``: one prompt as encoded, a weighted list mixed (conditioning.py)."""
+        if self._cond_last is not None and self._cond_last[0] == key:
+            return self._cond_last[1]
+        pairs, mode = key
+        try:
+            e = mix_weighted(pairs, mode, self._embeds)
+        except ValueError as err:
+            raise GeneratorError(f"{self.name}: {err}") from err
+        self._cond_last = (key, e)
+        return e
+
+    def _apply(self, steering: Steering) -> tuple[float, bool]:
+        """Bring prompt, seed and steps in line with ``steering`` for the next block.
+
+        Returns (blend alpha, whether this block re-caches). A blend starts from the conditioning on screen
+        (``prev_cond`` only when nothing was shown yet); its first block already moves (alpha 1/N). A
+        ``recache`` state re-caches once, at the first block that sees its prompt change (with blend: the
+        first blended block), after the new conditioning is set.
+        """
         steps = tuple(steering.denoising_steps) if steering.denoising_steps else self.default_steps
         if steps != self._steps:
             self._set_steps(steps)
         if steering.seed != self._seed:  # takes effect from this block's noise on
             self._seed = int(steering.seed)
             self.pipe.reseed(self._seed)
-        alpha = steering.blend_alpha(self.pipe.block_index)
+        alpha = blend_alpha(steering, self.pipe.block_index)
         blend = blend_identity(steering)
         if blend != self._blend:  # a new blend starts from what the last block was conditioned on,
             self._blend = blend  # so a blend sent while another runs continues without a jump
             self._blend_from = self._last_embeds
-        key = (steering.prompt, blend, alpha)
+        key = (steering.cond_key(), blend, alpha, steering.interp)
         if key != self._text_key:  # new conditioning: only the cross-attention cache is reset
-            e = self._embeds(steering.prompt)
-            if alpha < 1.0 and steering.prev_prompt is not None:
-                src = self._blend_from if self._blend_from is not None else self._embeds(steering.prev_prompt)
-                e = alpha * e + (1.0 - alpha) * src.to(e.device, e.dtype)
+            e = self._cond(steering.cond_key())
+            if alpha < 1.0 and blend is not None:
+                src = self._blend_from if self._blend_from is not None else self._cond(source_key(steering))
+                try:
+                    e = mix_blend(src.to(e.device, e.dtype), e, alpha, steering.interp)
+                except ValueError as err:
+                    raise GeneratorError(f"{self.name}: {err}") from err
             self.pipe.set_prompt_embeds(e)
             self._text_key = key
             self._last_embeds = e
-        return alpha
+        ident = prompt_identity(steering)
+        recache = steering.recache and ident != self._recached
+        if steering.recache:
+            self._recached = ident
+        return alpha, recache
 
     def set_overlap(self, overlap: bool) -> None:
         """Decode overlapped with the next DiT block (default) or serially, from the next reset on."""
@@ -182,20 +218,24 @@ class StreamingGenerator(Generator):
         self.stage.reset()  # queued behind the decodes of the old scene
         self._text_key = None
         self._blend, self._blend_from, self._last_embeds = None, None, None
+        self._recached = None
         self._frame = 0
 
     def submit_block(self, steering: Steering) -> Block:
         """DiT now; the decode overlapped (frames pending) or, serially, done before returning.
 
-        ``info``: ``dit_ms`` (host time of the DiT call: on CUDA, where nothing here synchronizes,
-        that is mostly launch time), ``decode_ms`` once decoded, ``blend_alpha``, ``steps``.
+        ``info``: ``dit_ms`` (host time of the DiT call incl. a re-cache: on CUDA, where nothing here
+        synchronizes, that is mostly launch time), ``decode_ms`` once decoded, ``blend_alpha``, ``steps``,
+        ``recached_frames`` (frames whose K/V were re-cached before this block, 0 if none).
         """
         t0 = time.perf_counter()
-        alpha = self._apply(steering)
+        alpha, recache = self._apply(steering)
         index = self.pipe.block_index
+        recached = sum(n for _, n in self.pipe.recache()) if recache else 0
         latents = self.pipe.next_block()  # [1, F, 16, h, w]
         count = pixel_frames(latents.shape[1], first_of_scene=self._frame == 0)
-        info = {"dit_ms": 1e3 * (time.perf_counter() - t0), "blend_alpha": alpha, "steps": list(self._steps)}
+        info = {"dit_ms": 1e3 * (time.perf_counter() - t0), "blend_alpha": alpha, "steps": list(self._steps),
+                "recached_frames": recached}
         block = Block(frames=self.stage.submit(latents, count, info), index=index, first_frame=self._frame,
                       state_id=steering.state_id, info=info)
         self._frame += count

@@ -6,8 +6,10 @@ counter, the block index, the seed and the steering state. Its colours follow th
 colour word ("a red desert", "a calm blue ocean") makes that colour dominant, so an integration
 test in an engine can check from pixels alone that its prompt arrived; other prompts get a
 colour hashed from their text, so a prompt change is visible even from across the room. A
-``blend`` transition fades the colours over the blend blocks like the model blends text
-conditioning.
+weighted prompt list mixes its prompts' colours by weight, and a ``blend`` transition fades the
+colours over the blend blocks (``interp`` linear or slerp), with the same math the models use on
+text embeddings (:mod:`.conditioning`), so a client sees the effect of every steering field without
+a GPU. ``recache`` means nothing here (there is no KV cache) and is ignored.
 
 Content is a pure function of (prompt, seed, frame number, steering), never of wall time, so
 tests can compare frames bit-exactly.
@@ -32,8 +34,8 @@ from sfbridge.generators.base import (
     Generator,
     GeneratorError,
     Steering,
-    blend_identity,
 )
+from sfbridge.generators.conditioning import blend, blend_alpha, blend_identity, mix_weighted, source_key
 from sfbridge.generators.fonts import FontChain, chain
 
 log = logging.getLogger("sfbridge.model.testsrc")
@@ -156,14 +158,14 @@ class TestSource(Generator):
     def next_block(self, steering: Steering) -> Block:
         t0 = time.perf_counter()
         n = FIRST_BLOCK_FRAMES if self._block == 0 else BLOCK_FRAMES
-        alpha = steering.blend_alpha(self._block)
-        blend = blend_identity(steering)
-        if blend != self._blend:  # a new blend starts from the colours on screen (see blend_identity)
-            self._blend, self._blend_from = blend, self._last_colors
-        colors = prompt_colors(steering.prompt)
-        if alpha < 1.0 and steering.prev_prompt is not None:
-            src = self._blend_from if self._blend_from is not None else prompt_colors(steering.prev_prompt)
-            colors = alpha * colors + (1.0 - alpha) * src
+        alpha = blend_alpha(steering, self._block)
+        running = blend_identity(steering)
+        if running != self._blend:  # a new blend starts from the colours on screen (see blend_identity)
+            self._blend, self._blend_from = running, self._last_colors
+        colors = self._colors(steering.cond_key())
+        if alpha < 1.0 and running is not None:
+            src = self._blend_from if self._blend_from is not None else self._colors(source_key(steering))
+            colors = np.clip(blend(src, colors, alpha, steering.interp), 0.0, 255.0)
         self._last_colors = colors
         frames = np.empty((n, self.height, self.width, 3), dtype=np.uint8)
         for i in range(n):
@@ -176,6 +178,15 @@ class TestSource(Generator):
         if self.block_delay > spent:
             time.sleep(self.block_delay - spent)
         return block
+
+    @staticmethod
+    def _colors(key: tuple) -> np.ndarray:
+        """Colours of a ``Steering.cond_key()``: one prompt's as before, a weighted list mixed like embeddings."""
+        pairs, mode = key
+        try:
+            return np.clip(mix_weighted(pairs, mode, prompt_colors), 0.0, 255.0)
+        except ValueError as e:
+            raise GeneratorError(f"testsrc: {e}") from e
 
     def _render(self, frame: int, block: int, idx: int, colors: np.ndarray, s: Steering) -> np.ndarray:
         t = frame / self.fps
