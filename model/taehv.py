@@ -15,8 +15,9 @@ stream start), so carrying that one frame per MemBlock across `push` calls makes
 decoding equal to one-shot decoding. (Self-Forcing's demo instead re-decodes the previous
 block's last 3 latents and drops 12 frames; that is unnecessary with carried state.)
 
-`taew2_1.pth` also holds `encoder.*` keys; the encoder is not modelled and those keys are
-ignored on load (explicit prefix allow-list); `decoder.*` loads strictly.
+The encoder half of the same file (`encoder.*`) is in taehv_encoder.py (same latent space).
+`TAEHVDecoder.from_file` alone skips the `encoder.*` keys (decoder-only use);
+`taehv_encoder.load_taehv` loads the whole file strictly (encoder + decoder).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .files import ModelFileError, load_strict, read_state_dict
 
 log = logging.getLogger("sfbridge.model.taehv")
 
-IGNORED_PREFIXES = ("encoder.",)
+IGNORED_PREFIXES = ("encoder.",)  # what a decoder-only load skips
 TGROW_INDICES = (7, 13, 19)  # positions of the TGrow layers in the decoder Sequential
 
 
