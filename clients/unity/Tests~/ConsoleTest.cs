@@ -455,7 +455,9 @@ static class ConsoleTest
         try { SfbridgeSteering.WeightedPromptRequest(new[] { new SfbridgeWeightedPrompt("a", 1) }, new SfbridgePromptOptions { Mix = "slerp" }); }
         catch (ArgumentException) { threw = true; }
         Check(threw, "slerp of one prompt was not refused");
-        var wire = SfbridgeSteering.PromptRequest("x", new SfbridgePromptOptions { Transition = "blend", BlendBlocks = 5, Interp = "slerp", Recache = true, At = SfbridgeSchedule.AtPts(1.5) });
+        // As the daemon reads it: packed and decoded again.
+        var wire = MsgPackReader.UnpackMap(MsgPackWriter.Pack(SfbridgeSteering.PromptRequest("x", new SfbridgePromptOptions {
+            Transition = "blend", BlendBlocks = 5, Interp = "slerp", Recache = true, At = SfbridgeSchedule.AtPts(1.5) })));
         Check(MsgPackMap.GetString(wire, "text") == "x" && MsgPackMap.GetString(wire, "transition") == "blend" &&
               MsgPackMap.GetLong(wire, "blend_blocks") == 5 && MsgPackMap.GetString(wire, "interp") == "slerp" &&
               MsgPackMap.GetBool(wire, "recache") && MsgPackMap.GetDouble(wire, "at_pts") == 1.5 &&
