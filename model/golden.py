@@ -3,9 +3,10 @@
 Runs this implementation on a golden set made by the official Self-Forcing code (see
 ``tests/data/golden/README.md``): every scenario in ``metadata.json`` plus the first raw
 generator call, with the set's weights and injected noise, and compares latents, per-step x0
-and the final layer-0 K/V cache (valid part), and the per-call cache index trace. Every size
-comes from ``metadata.json``. Exit status 1 if anything is outside
-``|a - b| <= atol + rtol * |b|`` (torch.allclose).
+and the final layer-0 K/V cache (valid part), and the per-call cache index trace; then the tiny
+Wan VAE (loaded strictly, encoder + decoder): full decode, and the streaming encoder on
+``encode_pixels_in`` against ``encode_latents_out``. Every size comes from ``metadata.json``.
+Exit status 1 if anything is outside ``|a - b| <= atol + rtol * |b|`` (torch.allclose).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from .kv_cache import CrossAttnCache, KVCache
 from .pipeline import StreamPipeline
 from .rope import RopeTable
 from .scheduler import FlowMatchScheduler
+from .vae import VAEConfig
+from .vae_encoder import load_wan_vae
 from .weights import load_model
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,19 @@ def first_call(model: torch.nn.Module, meta: dict[str, Any], inputs: dict[str, t
     return flow, x0
 
 
+def check_vae(d: Path, meta: dict[str, Any], atol: float, rtol: float, dtype: torch.dtype) -> list[Item]:
+    """The set's tiny VAE, whole file loaded strictly: full decode and streaming encode (1, 4, 4, ...)."""
+    if "vae_config" not in meta or not (d / "vae_io.safetensors").is_file():
+        return []
+    dec, enc = load_wan_vae(d / "vae.safetensors", VAEConfig.from_dict(meta["vae_config"]), dtype=dtype)
+    io = load_file(str(d / "vae_io.safetensors"))
+    items = [compare("vae.decode_full", dec.decode(io["latents"]), io["pixels_full"], atol, rtol)]
+    if "encode_pixels_in" in io:
+        pixels = io["encode_pixels_in"].permute(0, 2, 1, 3, 4)  # golden [B, 3, T, H, W] -> [B, T, 3, H, W]
+        items.append(compare("vae.encode", enc.encode(pixels), io["encode_latents_out"], atol, rtol))
+    return items
+
+
 def check(d: str | Path, atol: float = 1e-4, rtol: float = 1e-4,
           dtype: torch.dtype = torch.float32, compile: str | None = None) -> list[Item]:
     """Every item of the set; ``compile`` = a torch.compile backend runs the compiled passes instead of eager."""
@@ -125,7 +141,7 @@ def check(d: str | Path, atol: float = 1e-4, rtol: float = 1e-4,
         same = want == r["trace"]
         items.append(Item(f"{scenario}.cache_trace ({len(want)} calls)", 0.0 if same else float("inf"),
                           0.0 if same else float("inf"), same))
-    return items
+    return items + check_vae(d, meta, atol, rtol, dtype)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ def test_golden_tool_all_items(golden_dir: Path) -> None:
     bad = [(i.name, i.max_abs) for i in items if not i.ok]
     assert not bad, bad
     meta = golden.load_meta(golden_dir)
-    assert len(items) == 2 + 5 * len(meta["scenarios"])
+    assert len(items) == 2 + 5 * len(meta["scenarios"]) + 2  # + vae.decode_full, vae.encode
 
 
 def test_golden_cli_exit_status(golden_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
