@@ -8,7 +8,10 @@
   throwaway project that links the addon. The script checks msgpack against Python's msgpack
   both ways, receives JPEG and rgb24 frames (decoded Image of the right size, one ImageTexture
   updated in place and assigned to a TextureRect target), gets a status reply, sends a prompt and
-  sees its state_id in later frame headers, gets an unknown_op error signal, then the daemon is
+  sees its state_id in later frame headers, sends a weighted slerp-mixed blend and a prompt scheduled
+  8 blocks ahead (plus a scheduled seed it cancels): each lands exactly at the block its reply gave
+  (`applied` event and frame header `state`), the cancelled one never, with a `cancelled` event;
+  gets an unknown_op error signal, then the daemon is
   killed and restarted on the same ports and the addon must reconnect by itself.
 """
 
@@ -155,6 +158,10 @@ def test_godot_client_headless(tmp_path):
         "OK status",
         "OK prompt_reply",
         "OK prompt_state",
+        "OK weighted_reply",
+        "OK weighted_blend",
+        "OK scheduled_reply",
+        "OK scheduled_change",
         "OK error unknown_op",
         "OK events",
         "OK reconnected",

@@ -35,6 +35,17 @@ var height := 0
 var retry_req := -1
 var retry_sent_ms := 0
 var retry_failed_ms := -1
+# issue 10 steering: a weighted blend, then a scheduled prompt with a scheduled-and-cancelled seed
+var bad_req := -1
+var w_req := -1
+var w_reply := {}
+var s_req := -1
+var c_req := -1
+var cancel_req := -1
+var s_reply := {}
+var c_state := -1
+var target := -1
+var steer_stream := ""
 
 
 func _initialize() -> void:
@@ -155,6 +166,51 @@ func msgpack_checks() -> void:
 		say("OK msgpack")
 
 
+func start_weighted() -> void:
+	steer_stream = str(jpeg.last_header.stream)
+	bad_req = jpeg.set_weighted_prompt([["a", 0], ["b", 0.0]])  # refused without a round trip
+	w_req = jpeg.set_weighted_prompt([["a red desert", 0.7], {"text": "a blue ocean", "weight": 0.3}],
+		{"transition": "blend", "blend_blocks": 3, "interp": "linear", "mix": "slerp"})
+	jpeg_headers.clear()
+	goto("weighted")
+
+
+func start_scheduled() -> void:
+	# 8 blocks past what is on screen (the engine runs about one block ahead): a prompt there, and a
+	# seed at the block after, which is cancelled and must never land.
+	target = last_block() + 8
+	s_req = jpeg.set_prompt("a snowy mountain pass", {"at_block": target})
+	c_req = jpeg.set_seed(777, target + 1)
+	jpeg_headers.clear()
+	goto("scheduled")
+
+
+func last_block() -> int:
+	return int(jpeg.last_header.get("block", -1))
+
+
+## The `applied` event of sid once a frame past its block has been seen ({} until then). Checks that
+## frame headers change state exactly at block: below sid before it, at or above from it on.
+func landed(sid: int, block: int) -> Dictionary:
+	var applied := {}
+	for e in events:
+		if e.get("type") == "applied" and int(e.get("state_id", -1)) == sid:
+			applied = e
+	var after := false
+	for h in jpeg_headers:
+		if str(h.stream) != steer_stream:
+			continue
+		if int(h.block) < block and not check(int(h.state) < sid, "block %s has state %s before %d lands at %d" % [h.block, h.state, sid, block]):
+			return {}
+		if int(h.block) >= block and not check(int(h.state) >= sid, "block %s has state %s below %d (lands at %d)" % [h.block, h.state, sid, block]):
+			return {}
+		after = after or int(h.block) > block
+	if applied.is_empty() or not after:
+		return {}
+	check(int(applied.block) == block, "applied event of %d at block %s, reply said %d" % [sid, applied.block, block])
+	return applied
+
+
 func goto(p: String) -> void:
 	phase = p
 	phase_started = elapsed
@@ -225,10 +281,53 @@ func _process(delta: float) -> bool:
 					if int(h.state) == prompt_state:
 						check(int(h.block) >= int(replies[prompt_req].applies_at_block), "state seen before its block")
 						say("OK prompt_state seen block=%s after_s=%.2f" % [h.block, in_phase])
-						goto("errors")
+						start_weighted()
 						break
 			if in_phase > 20:
 				fail("prompt state %d never seen in frame headers" % prompt_state)
+		"weighted":
+			if not failures.has(bad_req):
+				if in_phase > 5:
+					fail("all-zero weights were not refused")
+			elif w_reply.is_empty() and replies.has(w_req):
+				w_reply = replies[w_req]
+				if check(failures[bad_req] == "invalid_value", "all-zero weights failed with %s" % failures[bad_req]) \
+						and check(int(w_reply.get("state_id", -1)) > 0 and w_reply.has("applies_at_block")
+						and w_reply.get("scheduled") == false, "weighted reply %s" % [w_reply]):
+					say("OK weighted_reply state_id=%s applies_at_block=%s" % [w_reply.state_id, w_reply.applies_at_block])
+			elif not w_reply.is_empty():
+				var ap := landed(int(w_reply.state_id), int(w_reply.applies_at_block))
+				if not ap.is_empty():
+					if check(ap.get("prompts", []).size() == 2 and ap.get("mix") == "slerp" and ap.get("interp") == "linear"
+							and ap.get("transition") == "blend" and int(ap.get("blend_blocks", 0)) == 3,
+							"applied event fields %s" % [ap]):
+						say("OK weighted_blend state_id=%s block=%s prompt=%s" % [w_reply.state_id, ap.block, ap.prompt])
+						start_scheduled()
+			if in_phase > 25:
+				fail("weighted blend: reply %s failures %s" % [w_reply, failures])
+		"scheduled":
+			if s_reply.is_empty() and replies.has(s_req) and replies.has(c_req):
+				s_reply = replies[s_req]
+				c_state = int(replies[c_req].state_id)
+				if check(int(s_reply.applies_at_block) == target and s_reply.scheduled == true
+						and int(replies[c_req].applies_at_block) == target + 1 and replies[c_req].scheduled == true,
+						"scheduled replies %s %s" % [s_reply, replies[c_req]]):
+					say("OK scheduled_reply state_id=%s at_block=%d" % [s_reply.state_id, target])
+					cancel_req = jpeg.cancel(c_state)
+			elif cancel_req >= 0 and replies.has(cancel_req):
+				check(int(replies[cancel_req].get("cancelled", -1)) == c_state, "cancel reply %s" % [replies[cancel_req]])
+				var ap := landed(int(s_reply.state_id), target)
+				if not ap.is_empty() and last_block() > target + 2:
+					for h in jpeg_headers:
+						if h.stream == steer_stream and not check(int(h.state) < c_state, "cancelled state on screen %s" % [h]):
+							return true
+					var about := events.filter(func(e): return int(e.get("state_id", -1)) == c_state)
+					if check(about.size() == 1 and about[0].type == "cancelled" and about[0].get("reason") == "cancel",
+							"events of the cancelled state: %s" % [about]):
+						say("OK scheduled_change state_id=%s block=%s cancelled=%d" % [s_reply.state_id, ap.block, c_state])
+						goto("errors")
+			if in_phase > 30:
+				fail("scheduled change: replies %s failures %s" % [replies, failures])
 		"errors":
 			if failures.values().has("unknown_op"):
 				say("OK error unknown_op")

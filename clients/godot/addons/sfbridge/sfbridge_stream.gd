@@ -11,6 +11,7 @@ extends Node
 
 const MsgPack := preload("msgpack.gd")
 const Zmtp := preload("zmtp.gd")
+const Steering := preload("steering.gd")
 const PROTOCOL_VERSION := 1
 ## Pause before a retry, on top of each attempt's request_timeout_ms.
 const RETRY_PAUSE_MS := 250
@@ -50,6 +51,27 @@ signal status_received(status: Dictionary)
 ## No bytes for this long (the daemon sends stats every second) = reconnect. 0 disables.
 @export var idle_timeout_ms := 5000
 @export var verbose := false
+
+@export_group("Steering")
+## Prompts that apply_steering() sends: one = a plain prompt, several = a weighted list (at most 8).
+@export var steer_prompts: PackedStringArray = PackedStringArray(["a beautiful landscape"])
+## One weight per prompt (>= 0, not all 0; the daemon normalises them). Missing weights count 1.
+@export var steer_weights: PackedFloat64Array = PackedFloat64Array()
+## How several prompts combine: linear (weighted mean, norm kept) or slerp (exactly 2 prompts).
+@export_enum("linear", "slerp") var steer_mix := "linear"
+## cut: switch at the block where the change lands; blend: move over steer_blend_blocks blocks.
+@export_enum("cut", "blend") var steer_transition := "cut"
+@export_range(1, 64) var steer_blend_blocks := 4
+## Path of a blend from what is on screen to the new prompt.
+@export_enum("linear", "slerp") var steer_interp := "linear"
+## Rebuild the attention cache of the recent frames under the new prompt where it lands (follows the
+## prompt faster without a hard cut; one extra model pass).
+@export var steer_recache := false
+## Scheduled change: land at this block of the current scene (a block already begun = the next one).
+## -1: the next block.
+@export var steer_at_block := -1
+## Send the steering above when the node starts.
+@export var steer_on_start := false
 
 ## The texture frames are written into (null before the first frame). The same object is
 ## reused for the node's lifetime (updated in place; set_image() only when the size changes).
@@ -109,6 +131,8 @@ func start() -> bool:
 	_backoff_ms = reconnect_min_ms
 	_retry_at_ms = 0
 	set_process(true)
+	if steer_on_start:
+		apply_steering()
 	return true
 
 
@@ -139,21 +163,69 @@ func is_stream_connected() -> bool:
 # Every call returns a request id at once; the answer comes as reply_received or request_failed.
 
 
-## Changes the prompt. transition: "cut" or "blend" (over blend_blocks blocks, 1..64).
-func set_prompt(text: String, transition := "cut", blend_blocks := 4) -> int:
-	var args := {"text": text, "transition": transition}
-	if transition == "blend":
-		args["blend_blocks"] = blend_blocks
-	return request("prompt", args)
+## Changes the prompt. Either set_prompt(text, "cut" | "blend", blend_blocks) as before, or
+## set_prompt(text, options) with an options Dictionary: transition ("cut" | "blend"), blend_blocks
+## (1..64), interp ("linear" | "slerp": the blend path), recache (bool), at_block (block of the scene)
+## or at_pts (scene seconds). The reply's result has state_id, applies_at_block and scheduled. Bad
+## options fail at once: request_failed with code "invalid_value", nothing is sent.
+func set_prompt(text: String, transition: Variant = "cut", blend_blocks := 4) -> int:
+	var options: Dictionary = transition if typeof(transition) == TYPE_DICTIONARY \
+		else {"transition": str(transition), "blend_blocks": blend_blocks}
+	var args := {}
+	var err := Steering.check_text(text, "text")
+	if err == "":
+		args["text"] = text
+		err = Steering.prompt_options(args, options, 0)
+	return _refuse("prompt", err) if err != "" else request("prompt", args)
 
 
-func set_seed(seed_value: int) -> int:
-	return request("seed", {"seed": seed_value})
+## A weighted prompt list: 1..8 entries, each [text, weight] or {"text": ..., "weight": ...}, weights
+## >= 0 and not all 0. options as for set_prompt, plus mix ("linear" | "slerp" for exactly 2 entries).
+## Updating the weights mid-stream is an ordinary change: it can blend, re-cache and be scheduled.
+func set_weighted_prompt(prompts: Array, options := {}) -> int:
+	var entries: Array = []
+	var err := Steering.weighted_entries(prompts, entries)
+	var args := {"prompts": entries}
+	if err == "":
+		err = Steering.prompt_options(args, options, entries.size())
+	return _refuse("prompt", err) if err != "" else request("prompt", args)
 
 
-## Denoising steps, 1..4 strictly decreasing values (not supported by testsrc).
-func set_steps(steps: Array) -> int:
-	return request("steps", {"steps": steps})
+## Sends the exported steer_* properties: one prompt as a plain prompt, several as a weighted list.
+func apply_steering() -> int:
+	var options := {"transition": steer_transition, "blend_blocks": steer_blend_blocks, "interp": steer_interp,
+		"recache": steer_recache, "at_block": steer_at_block}
+	if steer_prompts.size() == 1 and (steer_weights.is_empty() or steer_weights[0] > 0.0):
+		return set_prompt(steer_prompts[0], options)
+	var prompts: Array = []
+	for i in range(steer_prompts.size()):
+		prompts.append([steer_prompts[i], steer_weights[i] if i < steer_weights.size() else 1.0])
+	options["mix"] = steer_mix
+	return set_weighted_prompt(prompts, options)
+
+
+## Re-seeds the noise at the next block, or at block at_block / scene time at_pts (>= 0) when given.
+func set_seed(seed_value: int, at_block := -1, at_pts := -1.0) -> int:
+	var args := {"seed": seed_value}
+	var err := Steering.schedule(args, at_block, at_pts)
+	if seed_value < 0:
+		err = "seed must be in 0..2^63-1, got %d" % seed_value
+	return _refuse("seed", err) if err != "" else request("seed", args)
+
+
+## Denoising steps, 1..4 strictly decreasing values (not supported by testsrc); schedulable like set_seed.
+func set_steps(steps: Array, at_block := -1, at_pts := -1.0) -> int:
+	var args := {"steps": steps}
+	var err := Steering.schedule(args, at_block, at_pts)
+	return _refuse("steps", err) if err != "" else request("steps", args)
+
+
+## Drops a scheduled change by the state_id its reply gave; result {cancelled: state_id}, or
+## request_failed with code "not_found" once it has landed (or for an unknown id).
+func cancel(state_id: int) -> int:
+	if state_id < 0:
+		return _refuse("cancel", "state_id must be >= 0, got %d" % state_id)
+	return request("cancel", {"state_id": state_id})
 
 
 func pause() -> int:
@@ -198,6 +270,15 @@ func request(op: String, args := {}) -> int:
 
 
 # ------------------------------------------------------------------ internals
+
+
+## A request refused before sending: request_failed(id, op, "invalid_value", why) on the next frame.
+func _refuse(op: String, why: String) -> int:
+	var id := _next_id
+	_next_id += 1
+	push_warning("sfbridge: %s not sent: %s" % [op, why])
+	_emit_failed.call_deferred(id, op, "invalid_value", why)
+	return id
 
 
 func _emit_failed(id: int, op: String, code: String, message: String) -> void:
