@@ -84,7 +84,8 @@ class ControlServer:
         except ProtocolError as err:
             self.errors += 1
             log.info("request refused (%s): %s", err.code, err.message)
-            return error_reply(err.request_id, err.code, err.message)
+            # The handler's own refusals (not_supported, not_found, ...) carry no id: the decoded one is theirs.
+            return error_reply(err.request_id if err.request_id is not None else rid, err.code, err.message)
         except Exception as exc:
             self.errors += 1
             log.exception("request handler failed")

@@ -147,17 +147,17 @@ class Daemon:
         if isinstance(req, Prompt):
             fields = {"prompt": req.text, "prompts": req.prompts, "mix": req.mix, "interp": req.interp,
                       "recache": req.recache, "transition": req.transition, "blend_blocks": req.blend_blocks}
-            change = self.box.submit("prompt", fields, req.schedule, texts=req.texts())
-            if not change.scheduled:  # scheduled ones are encoded when due (the engine's on_due)
-                self.preparer.submit(change.texts, change.state_id)
-            return self._accepted(change)
+            accepted = self.box.submit("prompt", fields, req.schedule, texts=req.texts())
+            if not accepted[0].scheduled:  # scheduled ones are encoded when due (the engine's on_due)
+                self.preparer.submit(accepted[0].texts, accepted[0].state_id)
+            return self._accepted(*accepted)
         if isinstance(req, Seed):
-            return self._accepted(self.box.submit("seed", {"seed": req.seed}, req.schedule))
+            return self._accepted(*self.box.submit("seed", {"seed": req.seed}, req.schedule))
         if isinstance(req, Steps):
             if not self.generator.supports_steps():
                 raise ProtocolError("not_supported", f"model {self.generator.name!r} has no denoising steps")
             steps = tuple(float(s) for s in req.steps)
-            return self._accepted(self.box.submit("steps", {"denoising_steps": steps}, req.schedule))
+            return self._accepted(*self.box.submit("steps", {"denoising_steps": steps}, req.schedule))
         if isinstance(req, Cancel):
             change = self.box.cancel(req.state_id)
             self._emit(make_event("cancelled", state_id=change.state_id, change=change.kind, reason="cancel"))
@@ -179,7 +179,10 @@ class Daemon:
             return {"state_id": state_id, "stream": stream}
         raise ProtocolError("unknown_op", f"unhandled request {type(req).__name__}")  # pragma: no cover
 
-    def _accepted(self, change: Change) -> dict:
+    def _accepted(self, change: Change, older: Change | None) -> dict:
+        if older is not None:  # decided now: both would land on the same block (SteeringBox.submit)
+            self._emit(make_event("superseded", state_id=older.state_id, change=older.kind, by=change.state_id,
+                                  block=change.at_block))
         return {"state_id": change.state_id, "applies_at_block": change.at_block, "scheduled": change.scheduled}
 
     def _emit(self, event: dict) -> None:

@@ -30,6 +30,7 @@ log = logging.getLogger("sfbridge.io.publisher")
 STATS_PERIOD_S = 1.0
 SNDBUF_BYTES = 1 << 16
 STOP_FLUSH_S = 1.0  # how long shutdown waits for the `stopping` event to reach every subscriber
+EVENT_WAIT_S = 0.05  # how long one batch of events may wait for room in a slow event subscriber's queue
 
 
 def formats_for(subscriptions: dict) -> list[str]:
@@ -261,11 +262,42 @@ class Publisher:
                 self._send_event(make_event("stats", **self.snapshot()))
 
     def _send_events(self) -> None:
+        """Send the queued events without dropping them at the send HWM.
+
+        A prompt flood ends in a burst of up to hundreds of `superseded`/`applied` events at one block,
+        far beyond the 4-message HWM that makes slow subscribers lose frames; every state_id's event
+        must still arrive. So events are sent with XPUB_NODROP (a full event subscriber's queue makes the
+        send wait for room), for at most EVENT_WAIT_S per batch; after that, lossy as before, so a
+        subscriber that stopped reading cannot stall the frames of everybody else for long.
+        """
+        deadline = time.monotonic() + EVENT_WAIT_S
+        lossy = False
+        try:
+            while True:
+                try:
+                    event = self.events.get_nowait()
+                except queue.Empty:
+                    return
+                body = [EVENT_TOPIC.encode(), pack(event), b""]
+                if not lossy:
+                    self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+                    lossy = not self._send_waiting(body, deadline)
+                    self.sock.setsockopt(zmq.XPUB_NODROP, 0)
+                if lossy:
+                    self.sock.send_multipart(body)
+        finally:
+            if lossy:
+                log.debug("an event subscriber is not reading: events may be lost")
+
+    def _send_waiting(self, body: list[bytes], deadline: float) -> bool:
         while True:
             try:
-                self._send_event(self.events.get_nowait())
-            except queue.Empty:
-                return
+                self.sock.send_multipart(body, flags=zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.0005)
 
     def _next_block(self) -> BlockOut | None:
         while True:

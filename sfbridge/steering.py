@@ -97,8 +97,13 @@ class SteeringBox:
         return max(self._next_block, want)
 
     def submit(self, kind: str, fields: dict[str, Any], schedule: Schedule = NEXT_BLOCK,
-               texts: tuple[str, ...] = ()) -> Change:
-        """Accept a prompt, seed or steps change; the returned change says its state_id and block."""
+               texts: tuple[str, ...] = ()) -> tuple[Change, Change | None]:
+        """Accept a prompt, seed or steps change -> (the change, an immediate change it supersedes).
+
+        An immediate change supersedes the pending immediate one of its kind at once: both would land
+        on the same block, and immediate changes cannot be cancelled, so the older can never show. (A
+        scheduled change is only superseded when its block comes: a cancel could still revive it.)
+        """
         with self.cond:
             block = self.target_block(schedule)
             scheduled = block > self._next_block
@@ -109,13 +114,15 @@ class SteeringBox:
             transition = str(fields.get("transition", "cut")) if kind == "prompt" else "cut"
             change = Change(state_id=self._last_id, kind=kind, transition=transition, at_block=block,
                             scheduled=scheduled, fields=fields, texts=texts)
+            older = None
             if scheduled:
                 bisect.insort(self._scheduled, change, key=lambda c: (c.at_block, c.state_id))
             else:
                 self._pending = dataclasses.replace(self._pending, state_id=change.state_id, **fields)
-                self._changes.append(change)
+                older = next((c for c in self._changes if c.kind == kind), None)
+                self._changes = [*(c for c in self._changes if c is not older), change]
             self.cond.notify_all()
-            return change
+            return change, older
 
     def cancel(self, state_id: int) -> Change:
         """Drop a pending scheduled change; ``not_found`` if there is none with that id."""
