@@ -188,3 +188,19 @@ def test_tiny_random_encoder_streams():
     out = torch.cat([s.push(x[:, :9]), s.push(x[:, 9:])], dim=1)
     assert out.shape == (1, 6, 16, 12, 20) and torch.isfinite(out).all()
     torch.testing.assert_close(out, enc.encode(x), atol=0, rtol=0)
+
+
+def test_encoder_flop_count_per_block():
+    # benchmarks/bench_decoders.py counts one steady-state block (12 pixel frames) on the meta device
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_decoders", GOLDEN.parents[2] / "benchmarks/bench_decoders.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    vae, tae = bench.count_encoder_block("vae"), bench.count_encoder_block("taehv")  # 480x832
+    # lower bound of the VAE: its full-resolution stage alone (conv1 + 2 residual blocks of two 96x96 3x3x3
+    # convs) is 2 * 12 frames * 480*832 px * (3 + 4*96) * 96 * 27 FLOP ~ 9.6 TFLOP
+    assert vae.flops > 2 * 12 * 480 * 832 * (3 + 4 * 96) * 96 * 27
+    assert 10 * tae.flops < vae.flops and tae.flops > 0
+    quarter = bench.count_encoder_block("taehv", 240, 416)
+    assert abs(tae.flops / quarter.flops - 4) < 0.1  # convolutions scale with the pixel count
