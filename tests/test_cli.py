@@ -60,6 +60,31 @@ def test_cli_controls_a_running_daemon(served):
     assert r.returncode == 1 and "not_supported" in r.stderr
 
 
+def test_cli_weighted_prompts_scheduling_and_cancel(served):
+    """Issue 10 from the command line: several TEXTs with --weights, --blend shorthand, --interp/--mix,
+    --recache; a seed --at-block that `status` lists as scheduled; `cancel` drops it."""
+    res = ctl(served, "prompt", "a red desert", "a blue ocean", "--weights", "0.7", "0.3", "--mix", "slerp",
+              "--blend", "3", "--interp", "slerp", "--recache")
+    assert res["scheduled"] is False and res["applies_at_block"] >= 0
+    st = ctl(served, "status")
+    assert st["prompts"] == [{"text": "a red desert", "weight": 0.7}, {"text": "a blue ocean", "weight": 0.3}]
+    assert st["mix"] == "slerp" and st["prompt"] == "a red desert (0.70) + a blue ocean (0.30)"
+    equal = ctl(served, "prompt", "a", "b", "c")  # several TEXTs without --weights: equal weights
+    assert [p["weight"] for p in ctl(served, "status")["prompts"]] == [1.0, 1.0, 1.0] and equal["state_id"]
+    target = st["block"] + 200
+    seed = ctl(served, "seed", "5", "--at-block", str(target))
+    assert (seed["applies_at_block"], seed["scheduled"]) == (target, True)
+    at_pts = ctl(served, "prompt", "later", "--at-pts", str((9 + 12 * (target + 1)) / 16))
+    assert (at_pts["applies_at_block"], at_pts["scheduled"]) == (target + 2, True)
+    scheduled = ctl(served, "status")["scheduled"]
+    assert {"state_id": seed["state_id"], "change": "seed", "at_block": target} in scheduled
+    assert ctl(served, "cancel", str(seed["state_id"])) == {"cancelled": seed["state_id"]}
+    assert ctl(served, "cancel", str(at_pts["state_id"])) == {"cancelled": at_pts["state_id"]}
+    assert ctl(served, "status")["scheduled"] == []
+    r = sfb("cancel", str(seed["state_id"]), "--control", served.control)
+    assert r.returncode == 1 and "not_found" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_record_writes_a_playable_video(served, tmp_path):
     out = tmp_path / "out.mp4"
     r = sfb("record", str(out), "--seconds", "1.5", "--control", served.control, "--frames", served.frames)
