@@ -262,6 +262,13 @@ def test_blend_blocks_ignored_for_a_cut(served):
     assert "--blend-blocks has no effect with --transition cut" in r.stderr
 
 
+def test_interp_ignored_for_a_cut(served):
+    """--interp is the path of a blend: with a cut it is sent (the daemon reports it) but warned about."""
+    r = sfb("prompt", "a quiet harbour", "--interp", "slerp", "--control", served.control)
+    assert r.returncode == 0, r.stderr
+    assert "--interp has no effect with --transition cut" in r.stderr
+
+
 # --- Python entry points -----------------------------------------------------------------------------------
 
 def test_python_client_reads_the_environment(monkeypatch):
