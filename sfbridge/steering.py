@@ -124,6 +124,18 @@ class SteeringBox:
             self.cond.notify_all()
             return change, older
 
+    def set_prompt(self, text: str, transition: str = "cut", blend_blocks: int = 4) -> tuple[int, int]:
+        """Shorthand (tools, tests): an immediate single-prompt change -> (state_id, applies_at_block)."""
+        change, _ = self.submit("prompt", {"prompt": text, "prompts": (), "mix": "linear", "interp": "linear",
+                                           "recache": False, "transition": transition,
+                                           "blend_blocks": blend_blocks}, texts=(text,))
+        return change.state_id, change.at_block
+
+    def set_seed(self, seed: int) -> tuple[int, int]:
+        """Shorthand (tools, tests): an immediate seed change -> (state_id, applies_at_block)."""
+        change, _ = self.submit("seed", {"seed": seed})
+        return change.state_id, change.at_block
+
     def cancel(self, state_id: int) -> Change:
         """Drop a pending scheduled change; ``not_found`` if there is none with that id."""
         with self.cond:

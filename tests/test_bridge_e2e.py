@@ -380,7 +380,11 @@ def test_prompt_requests_prepare_the_prompt_off_the_engine_thread():
     d = Daemon(DaemonConfig(control=control, frames=frames), generator=gen).start()
     try:
         c = Client(control=control, frames=frames)
+        c.pause()  # "first" stays pending: a prompt superseded before its block (issue 10) is never prepared
         c.set_prompt("first")
+        deadline = time.monotonic() + 3
+        while not gen.prepared and time.monotonic() < deadline:
+            time.sleep(0.02)
         c.reset(prompt="second")
         deadline = time.monotonic() + 3
         while len(gen.prepared) < 2 and time.monotonic() < deadline:
