@@ -341,6 +341,7 @@ class SlowEncoderSource(TestSource):
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         self.encoded: list[str] = []
+        self.threads: dict[str, str] = {}  # text -> thread that encoded it
         self._done: set[str] = set()
         self._lock = threading.Lock()
 
@@ -349,6 +350,7 @@ class SlowEncoderSource(TestSource):
             if text not in self._done:
                 time.sleep(ENCODE_S)
                 self.encoded.append(text)
+                self.threads[text] = threading.current_thread().name
                 self._done.add(text)
 
     def prepare(self, prompt: str) -> None:
@@ -400,6 +402,35 @@ def test_prompt_flood_encodes_only_what_is_shown_and_keeps_pace():
         assert max(gaps) < 0.2, max(gaps)
         print(f"flood: sent in {sent_s:.2f} s, shown {len(shown)}, encoded {len(gen.encoded)}, "
               f"max frame gap {max(gaps) * 1000:.0f} ms, prepare jobs run {d.preparer.jobs_run}")
+    finally:
+        w.close()
+        d.stop()
+
+
+def test_scheduled_prompt_is_encoded_when_due_and_a_cancelled_one_never():
+    control, frames = endpoints()
+    gen = SlowEncoderSource(width=160, height=96)  # the slow counting encoder of the flood test
+    d = Daemon(DaemonConfig(control=control, frames=frames), generator=gen).start()
+    w = Wire(d)
+    try:
+        base = w.paused_at()
+        kept = w.ok("prompt", text="scheduled and kept", at_block=base + 3)
+        dropped = w.ok("prompt", text="scheduled and cancelled", at_block=base + 2)
+        time.sleep(0.5)
+        assert "scheduled and kept" not in gen.encoded  # not at request time: only when due
+        w.ok("cancel", state_id=dropped["state_id"])
+        w.ok("resume")
+        # due = the engine starts block base + 2; the worker encodes it while that block plays
+        w.wait(lambda t, m: t == "jpeg" and m["block"] == base + 2)
+        deadline = time.monotonic() + 3
+        while "scheduled and kept" not in gen.encoded and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert gen.encoded.count("scheduled and kept") == 1
+        assert gen.threads["scheduled and kept"] == "sfbridge-prepare"  # ahead of its block, not by the engine
+        msgs = w.wait(lambda t, m: t == "jpeg" and m["state"] == kept["state_id"])
+        assert msgs[-1][1]["block"] == base + 3
+        assert "scheduled and cancelled" not in gen.encoded
+        assert w.outcomes() == {kept["state_id"]: ["applied"], dropped["state_id"]: ["cancelled"]}
     finally:
         w.close()
         d.stop()
