@@ -92,8 +92,12 @@ def prompt_request(a: argparse.Namespace) -> dict[str, Any]:
         pairs = list(zip(texts, weights or [1.0] * len(texts), strict=True))
         return prompt_args(prompts=pairs, **kw)
     except ValueError as exc:  # what the checks above do not cover, e.g. a prompt over 4000 characters
-        raise UsageError(str(exc)) from None
+        text = str(exc)
+        raise UsageError(f"--{text.replace('_', '-', 1)}" if text.startswith("at_") else text) from None
 
 
 def schedule_request(a: argparse.Namespace) -> dict[str, Any]:
-    return schedule_args(a.at_block, a.at_pts)
+    try:
+        return schedule_args(a.at_block, a.at_pts)
+    except ValueError as exc:  # past the protocol's upper limits
+        raise UsageError(f"--{str(exc).replace('_', '-', 1)}") from None

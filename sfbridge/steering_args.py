@@ -13,11 +13,19 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sfbridge.protocol import MAX_BLEND_BLOCKS, MAX_PROMPT_CHARS, TRANSITIONS
+from sfbridge.protocol import (
+    INTERPS,
+    MAX_AT_BLOCK,
+    MAX_AT_PTS,
+    MAX_BLEND_BLOCKS,
+    MAX_PROMPT_CHARS,
+    MAX_WEIGHTED_PROMPTS,
+    MIXES,
+    TRANSITIONS,
+)
 
-MAX_WEIGHTED_PROMPTS = 8  # protocol: a `prompts` list holds 1 to 8 entries
-INTERPS = ("linear", "slerp")  # blend path from the conditioning on screen to the new one
-MIXES = ("linear", "slerp")  # how a weighted list combines; slerp takes exactly 2 entries
+__all__ = ["INTERPS", "MAX_WEIGHTED_PROMPTS", "MIXES", "check_state_id", "prompt_args", "schedule_args", "steps_args",
+           "weighted_prompts"]
 
 PromptEntry = tuple[str, float] | Mapping[str, Any]
 
@@ -75,12 +83,12 @@ def schedule_args(at_block: int | None = None, at_pts: float | None = None) -> d
     if at_block is not None and at_pts is not None:
         raise ValueError("give at_block or at_pts, not both")
     if at_block is not None:
-        if isinstance(at_block, bool) or not isinstance(at_block, int) or at_block < 0:
-            raise ValueError(f"at_block must be an integer >= 0, got {at_block!r}")
+        if isinstance(at_block, bool) or not isinstance(at_block, int) or not 0 <= at_block <= MAX_AT_BLOCK:
+            raise ValueError(f"at_block must be an integer in 0..{MAX_AT_BLOCK}, got {at_block!r}")
         return {"at_block": at_block}
     if at_pts is not None:
-        if not _is_number(at_pts) or not math.isfinite(at_pts) or at_pts < 0:
-            raise ValueError(f"at_pts must be a finite number of seconds >= 0, got {at_pts!r}")
+        if not _is_number(at_pts) or not math.isfinite(at_pts) or not 0 <= at_pts <= MAX_AT_PTS:
+            raise ValueError(f"at_pts must be a finite number of seconds in 0..{MAX_AT_PTS:g}, got {at_pts!r}")
         return {"at_pts": at_pts}
     return {}
 

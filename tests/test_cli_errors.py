@@ -98,6 +98,8 @@ def on(p: ServeProcess) -> list[str]:
     (["seed", "1", "--at-block", "x", "--control", DEAD], ["--at-block", "'x'"]),
     (["seed", "1", "--at-block", "2", "--at-pts", "1", "--control", DEAD], ["--at-pts", "--at-block"]),
     (["steps", "1000", "--at-pts", "inf", "--control", DEAD], ["--at-pts", "'inf'"]),
+    (["seed", "1", "--at-block", str(2**31), "--control", DEAD], ["--at-block", "0..2147483647", str(2**31)]),
+    (["prompt", "a", "--at-pts", "1e9", "--control", DEAD], ["--at-pts", "0..1e+08"]),
     (["cancel", "-3", "--control", DEAD], ["STATE_ID", "'-3'", ">= 0"]),
     (["cancel", "abc", "--control", DEAD], ["STATE_ID", "'abc'"]),
 ])

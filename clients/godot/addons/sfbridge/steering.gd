@@ -6,6 +6,8 @@ extends RefCounted
 const PROMPT_OPTIONS := ["transition", "blend_blocks", "interp", "mix", "recache", "at_block", "at_pts"]
 const MAX_WEIGHTED_PROMPTS := 8
 const MAX_PROMPT_CHARS := 4000
+const MAX_AT_BLOCK := 2147483647
+const MAX_AT_PTS := 1e8
 
 
 static func check_text(text: String, name: String) -> String:
@@ -51,12 +53,14 @@ static func prompt_options(args: Dictionary, options: Dictionary, entries: int) 
 static func schedule(args: Dictionary, at_block: int, at_pts: float) -> String:
 	if at_block >= 0 and at_pts >= 0.0:
 		return "give at_block or at_pts, not both"
+	if at_block > MAX_AT_BLOCK:
+		return "at_block must be in 0..%d, got %d" % [MAX_AT_BLOCK, at_block]
+	if at_pts > MAX_AT_PTS:
+		return "at_pts must be in 0..%s seconds, got %s" % [MAX_AT_PTS, at_pts]
 	if at_block >= 0:
 		args["at_block"] = at_block
-	elif at_pts >= 0.0 and not is_inf(at_pts):
+	elif at_pts >= 0.0:
 		args["at_pts"] = at_pts
-	elif is_inf(at_pts):
-		return "at_pts must be finite"
 	return ""
 
 

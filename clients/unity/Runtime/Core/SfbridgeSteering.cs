@@ -50,14 +50,15 @@ namespace Sfbridge
 
         public static SfbridgeSchedule AtBlock(long block)
         {
-            if (block < 0) throw new ArgumentOutOfRangeException("block", "at_block must be >= 0, got " + block);
+            if (block < 0 || block > int.MaxValue)
+                throw new ArgumentOutOfRangeException("block", "at_block must be in 0..2^31-1, got " + block);
             return new SfbridgeSchedule(block + 1, false, 0);
         }
 
         public static SfbridgeSchedule AtPts(double seconds)
         {
-            if (double.IsNaN(seconds) || double.IsInfinity(seconds) || seconds < 0)
-                throw new ArgumentOutOfRangeException("seconds", "at_pts must be a finite number >= 0, got " + seconds);
+            if (double.IsNaN(seconds) || double.IsInfinity(seconds) || seconds < 0 || seconds > 1e8)
+                throw new ArgumentOutOfRangeException("seconds", "at_pts must be a number of seconds in 0..1e8, got " + seconds);
             return new SfbridgeSchedule(0, true, seconds);
         }
 
