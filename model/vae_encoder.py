@@ -192,7 +192,7 @@ def to_pixels(frames: torch.Tensor, device: torch.device, dtype: torch.dtype) ->
     """uint8 [0, 255] or float [-1, 1] frames -> float [-1, 1] on `device` (uint8 moves first: 4x fewer bytes)."""
     frames = frames.to(device, non_blocking=True)
     if frames.dtype == torch.uint8:
-        return (frames.to(dtype) / 127.5 - 1.0).to(dtype)
+        return (frames.float() / 127.5 - 1.0).to(dtype)  # fp32 map, then the model's dtype
     return frames.to(dtype)
 
 
