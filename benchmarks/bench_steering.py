@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import socket
 import statistics
 import sys
@@ -31,6 +32,8 @@ from sfbridge.model import budget
 from sfbridge.model.config import ModelConfig, StreamConfig
 from sfbridge.model.pipeline import StreamPipeline
 from sfbridge.model.weights import random_model
+
+from sfbridge.generators.base import BLOCK_FRAMES, NATIVE_FPS
 
 MODES: dict[str, dict[str, Any]] = {  # Client.set_prompt keyword arguments per mode (text filled in per request)
     "cut": {},
@@ -109,9 +112,9 @@ def blend_policies(a: argparse.Namespace, window: int, sink: int, blocks: int = 
     from sfbridge.generators.conditioning import blend_path
 
     out: dict[str, Any] = dict(window=window, sink=sink, blend_blocks=blocks)
-    for policy in ("none", "start", "every"):
-        runs = []
-        for r in range(max(1, a.samples // 3)):
+    runs: dict[str, list[float]] = {"none": [], "start": [], "every": []}
+    for r in range(max(1, a.samples)):
+        for policy in runs:  # interleaved: load drift on a shared machine hits all three alike
             pipe = tiny_pipe(a, window, sink)
             path = blend_path(pipe.prompt_embeds, _prompt(100 + r), blocks)
             t0 = time.perf_counter()
@@ -120,8 +123,9 @@ def blend_policies(a: argparse.Namespace, window: int, sink: int, blocks: int = 
                 if policy == "every" or (policy == "start" and k == 0):
                     pipe.recache()
                 pipe.next_block()
-            runs.append(time.perf_counter() - t0)
-        out[f"{policy}_ms"] = 1e3 * statistics.median(runs)
+            runs[policy].append(time.perf_counter() - t0)
+    for policy, times in runs.items():
+        out[f"{policy}_ms"] = 1e3 * statistics.median(times)
     out["start_over_none"] = out["start_ms"] / out["none_ms"]
     out["every_over_none"] = out["every_ms"] / out["none_ms"]
     return out
@@ -190,6 +194,7 @@ def daemon_latency(model: str, a: argparse.Namespace) -> dict[str, Any]:
     sub.connect(frames)
     client = Client(control=control, frames=frames, timeout=5.0)
     out: dict[str, Any] = {}
+    rng = random.Random(0)
     try:
         header = _frames(sub, 60.0)
         while header["block"] < 3:  # the window holds something to re-cache
@@ -199,6 +204,8 @@ def daemon_latency(model: str, a: argparse.Namespace) -> dict[str, Any]:
             blocks, ms, lands = [], [], []
             for _ in range(a.reps):
                 i += 1
+                if a.pace == "native":  # the request leaves at a random point of the block on screen
+                    time.sleep(rng.uniform(0.0, BLOCK_FRAMES / NATIVE_FPS))
                 while sub.poll(0):  # the newest frame on screen when the request leaves
                     header = _frames(sub)
                 on_screen = header["block"]
