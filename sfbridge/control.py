@@ -23,6 +23,7 @@ from sfbridge.protocol import (
     error_reply,
     ok_reply,
 )
+from sfbridge.security import ServerAccess
 
 log = logging.getLogger("sfbridge.io.control")
 
@@ -30,7 +31,7 @@ Handler = Callable[[Request], dict]
 
 
 class ControlServer:
-    def __init__(self, ctx: zmq.Context, endpoint: str, handler: Handler) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, handler: Handler, access: ServerAccess | None = None) -> None:
         self.handler = handler
         self.stop_event = threading.Event()
         self.requests = 0
@@ -39,8 +40,7 @@ class ControlServer:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_SOCKET_MESSAGE_BYTES)
         self.sock.setsockopt(zmq.SNDHWM, 1000)
-        self.sock.bind(endpoint)
-        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoint = (access or ServerAccess()).bind(self.sock, endpoint)  # CURVE when on, ipc file 0600
         self.thread = threading.Thread(target=self._run_safe, name="sfbridge-control", daemon=True)
 
     def start(self) -> None:

@@ -44,6 +44,7 @@ from sfbridge.protocol import (
 )
 from sfbridge.protocol import Pause as PauseReq
 from sfbridge.publisher import Publisher
+from sfbridge.security import ServerAccess
 from sfbridge.steering import Change, SteeringBox
 
 log = logging.getLogger("sfbridge.daemon")
@@ -63,6 +64,9 @@ class DaemonConfig:
     sndhwm: int = 4  # messages queued per subscriber before frames are dropped
     max_ahead: int = 1  # blocks the engine may generate ahead of the publisher
     model_options: dict[str, Any] = field(default_factory=dict)  # width, height, model-dir, dtype...
+    curve_secret: str | None = None  # the daemon's NAME.key_secret: CurveZMQ on every socket (sfbridge/security.py)
+    curve_allow: str | None = None  # directory of the client NAME.key files admitted
+    insecure: bool = False  # allow a non-loopback bind without CURVE (warned in the log and `status`)
 
     def __post_init__(self) -> None:
         if self.pace not in ("native", "off"):
@@ -87,9 +91,13 @@ def build_generator(model: str, options: dict[str, Any]) -> tuple[Generator, lis
 class Daemon:
     def __init__(self, config: DaemonConfig, generator: Generator | None = None) -> None:
         self.config = config
-        self.warnings: list[str] = []
+        # Access first: a refused bind or a bad key file fails before any model is loaded.
+        self.access = ServerAccess.configure({"control": config.control, "frames": config.frames},
+                                             config.curve_secret, config.curve_allow, config.insecure)
+        self.warnings: list[str] = list(self.access.warnings)
         if generator is None:
-            generator, self.warnings = build_generator(config.model, config.model_options)
+            generator, built = build_generator(config.model, config.model_options)
+            self.warnings += built
         self.generator = generator
         # Generators are engine-thread-only: read their static facts once, here, for `status`.
         self.description = generator.describe()
@@ -98,15 +106,16 @@ class Daemon:
         self.outbox: queue.Queue = queue.Queue()
         self.events: queue.Queue = queue.Queue()
         self.ctx = zmq.Context()
+        self.access.start(self.ctx)  # the ZAP handler exists before any socket can take a handshake
         self.engine_stats = EngineStats()
         self.publisher = Publisher(self.ctx, config.frames, self.box, self.outbox, self.events,
                                    self.engine_stats, make_encoders(config.jpeg_quality), fps=generator.fps,
                                    pace=config.pace, sndhwm=config.sndhwm, notify_engine=lambda: self.engine.notify(),
-                                   state_info=self.state_info)
+                                   state_info=self.state_info, access=self.access)
         self.engine = Engine(generator, self.box, self.outbox, self.events, max_ahead=config.max_ahead,
                              stats=self.engine_stats, on_output=self.publisher.wake,
                              on_due=lambda c: self.preparer.submit(c.texts, c.state_id, settle=False))
-        self.control = ControlServer(self.ctx, config.control, self.handle)
+        self.control = ControlServer(self.ctx, config.control, self.handle, access=self.access)
         self.stopped = threading.Event()
         # Text encoding off the engine and control threads, bounded: see sfbridge/prepare.py.
         self.preparer = PrepareQueue(generator.prepare, self.box.wants_encoding)
@@ -133,6 +142,7 @@ class Daemon:
         self.control.thread.join(timeout)
         self.publisher.thread.join(timeout)
         self.preparer.stop()
+        self.access.stop()
         t0 = time.monotonic()
         self.ctx.term()  # waits for the publisher's linger: the `stopping` event leaves before we exit
         log.info("stopped (sockets flushed in %.3f s)", time.monotonic() - t0)
@@ -216,6 +226,7 @@ class Daemon:
             "warnings": list(dict.fromkeys([*self.warnings, *desc.get("warnings", [])])),
             "stats": self.publisher.snapshot(),
             "pid": os.getpid(),
+            "security": self.access.snapshot(),
         }
 
 
@@ -238,6 +249,9 @@ def serve(config: DaemonConfig) -> int:
     while not stop.wait(0.5):
         if not daemon.engine.thread.is_alive():
             log.error("engine thread ended unexpectedly")
+            break
+        if not daemon.access.alive():
+            log.error("the CURVE authenticator (ZAP) thread ended unexpectedly: stopping rather than run unguarded")
             break
     daemon.stop()
     return 0

@@ -23,6 +23,7 @@ import zmq
 
 from sfbridge.engine import BlockOut, EngineStats
 from sfbridge.protocol import EVENT_TOPIC, FRAME_FORMATS, frame_header, make_event, pack
+from sfbridge.security import ServerAccess
 from sfbridge.steering import SteeringBox
 
 log = logging.getLogger("sfbridge.io.publisher")
@@ -50,7 +51,7 @@ class Publisher:
     def __init__(self, ctx: zmq.Context, endpoint: str, box: SteeringBox, outbox: queue.Queue,
                  events: queue.Queue, engine_stats: EngineStats, encoders: dict, fps: float,
                  pace: str = "native", sndhwm: int = 4, notify_engine: Callable[[], None] = lambda: None,
-                 state_info: Callable[[], dict] = dict) -> None:
+                 state_info: Callable[[], dict] = dict, access: ServerAccess | None = None) -> None:
         self.box, self.outbox, self.events = box, outbox, events
         self.engine_stats = engine_stats
         self.encoders = encoders
@@ -73,8 +74,7 @@ class Publisher:
         self.sock.setsockopt(zmq.SNDHWM, sndhwm)
         self.sock.setsockopt(zmq.SNDBUF, SNDBUF_BYTES)
         self.sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscription: we count them
-        self.sock.bind(endpoint)
-        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoint = (access or ServerAccess()).bind(self.sock, endpoint)  # CURVE when on, ipc file 0600
         self.last_rates = self._rates()  # refreshed by the publisher thread each period; read by `status`
         # A self-pipe the engine writes one byte to per block: the poll below wakes at once instead
         # of on its next timeout (worth ~5 ms per block with --pace off).
