@@ -25,7 +25,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar, TypeVar
 
 import torch
 import torch.nn as nn
@@ -41,6 +43,13 @@ TGROW_INDICES = (7, 13, 19)  # positions of the TGrow layers in the decoder Sequ
 
 def conv(n_in: int, n_out: int, **kw) -> nn.Conv2d:
     return nn.Conv2d(n_in, n_out, 3, padding=1, **kw)
+
+
+def require_keys(sd: dict[str, torch.Tensor], keys: Iterable[str], source: str, hint: str) -> None:
+    """Fail early, naming the file and the key, before config sizing reads a tensor that is not there."""
+    for k in keys:
+        if k not in sd:
+            raise ModelFileError(f"{source}: missing key {k!r} ({hint})")
 
 
 class Clamp(nn.Module):
@@ -92,9 +101,7 @@ class TAEHVConfig:
     def from_state_dict(cls, sd: dict[str, torch.Tensor], source: str = "<state dict>") -> TAEHVConfig:
         """Channels and TGrow strides from tensor shapes (decoder.1 in, decoder.22 out, TGrow out/in)."""
         need = ["decoder.1.weight", "decoder.22.weight", *(f"decoder.{i}.conv.weight" for i in TGROW_INDICES)]
-        for k in need:
-            if k not in sd:
-                raise ModelFileError(f"{source}: missing key {k!r} (not a TAEHV state dict?)")
+        require_keys(sd, need, source, "not a TAEHV state dict?")
         out_ch = sd["decoder.22.weight"].shape[0]
         n_f = (sd["decoder.1.weight"].shape[0], *(sd[f"decoder.{i}.conv.weight"].shape[1] for i in TGROW_INDICES[1:]))
         n_f = (*n_f, sd["decoder.22.weight"].shape[1])
@@ -109,7 +116,62 @@ class TAEHVConfig:
         )
 
 
-class TAEHVDecoder(nn.Module):
+def run_with_memory(layers: nn.Sequential, x: torch.Tensor, N: int, memory: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Apply `layers` to x [N*T, C, H, W]; each MemBlock gets its input one frame back as `past`.
+
+    Shared by the decoder and the encoder (the only temporal mixing of both). `memory` (mutated):
+    MemBlock index -> its last input frame [N, 1, C, H, W], read as the frame before this call's
+    first (missing: stream start, zeros) and replaced by this call's last.
+    """
+    for i, layer in enumerate(layers):
+        if isinstance(layer, MemBlock):
+            xs = x.reshape(N, -1, *x.shape[1:])  # [N, T_i, C_i, H_i, W_i]
+            prev = memory.get(i)
+            prev = torch.zeros_like(xs[:, :1]) if prev is None else prev.to(xs.dtype)
+            past = torch.cat([prev, xs[:, :-1]], dim=1).reshape(x.shape)  # input shifted one frame
+            memory[i] = xs[:, -1:].clone()
+            x = layer(x, past)
+        else:
+            x = layer(x)
+    return x
+
+
+_Half = TypeVar("_Half", bound="TAEHVHalf")
+
+
+class TAEHVHalf(nn.Module):
+    """Loading shared by the decoder and encoder halves of one `taew2_1.pth` (or its .safetensors).
+
+    Each half sizes itself from its own keys (`CONFIG.from_state_dict`), is strict on them and skips
+    only the other half's prefix (`SKIP_PREFIXES`), so loading both uses every key of the file.
+    """
+
+    CONFIG: ClassVar[type]  # the half's config class, with from_state_dict(sd, source)
+    SKIP_PREFIXES: ClassVar[tuple[str, ...]]  # the other half's keys
+
+    @classmethod
+    def from_file(
+        cls: type[_Half],
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float16,
+    ) -> _Half:
+        return cls.from_state_dict(read_state_dict(path), device, dtype, source=str(path))
+
+    @classmethod
+    def from_state_dict(
+        cls: type[_Half],
+        sd: dict[str, torch.Tensor],
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float16,
+        source: str = "<state dict>",
+    ) -> _Half:
+        model = cls(cls.CONFIG.from_state_dict(sd, source))
+        load_strict(model, sd, source, ignore_prefixes=cls.SKIP_PREFIXES)
+        return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+class TAEHVDecoder(TAEHVHalf):
     """Stateless decoder: `decoder` Sequential with the published layer order (keys `decoder.N.*`).
 
     0 Clamp, 1 conv(latent->256), 2 ReLU,
@@ -117,7 +179,12 @@ class TAEHVDecoder(nn.Module):
     9-11 MemBlock(128), 12 Upsample, 13 TGrow(128, s1), 14 conv(128->64),
     15-17 MemBlock(64), 18 Upsample, 19 TGrow(64, s2), 20 conv(64->64),
     21 ReLU, 22 conv(64 -> 3 * patch^2)
+
+    `from_file` / `from_state_dict`: decoder strict, encoder keys ignored.
     """
+
+    CONFIG = TAEHVConfig
+    SKIP_PREFIXES = IGNORED_PREFIXES
 
     def __init__(self, cfg: TAEHVConfig | None = None) -> None:
         super().__init__()
@@ -149,38 +216,10 @@ class TAEHVDecoder(nn.Module):
         )
         memory = {} if memory is None else memory
         x = latents.to(self.decoder[1].weight.dtype).reshape(N * T, C, h, w)
-        for i, layer in enumerate(self.decoder):
-            if isinstance(layer, MemBlock):
-                xs = x.reshape(N, -1, *x.shape[1:])  # [N, T_i, C_i, H_i, W_i]
-                prev = memory.get(i)
-                prev = torch.zeros_like(xs[:, :1]) if prev is None else prev.to(xs.dtype)
-                past = torch.cat([prev, xs[:, :-1]], dim=1).reshape(x.shape)  # input shifted one frame
-                memory[i] = xs[:, -1:].clone()
-                x = layer(x, past)
-            else:
-                x = layer(x)
+        x = run_with_memory(self.decoder, x, N, memory)
         if self.cfg.patch_size > 1:
             x = F.pixel_shuffle(x, self.cfg.patch_size)
         return x.reshape(N, -1, *x.shape[1:])
-
-    @classmethod
-    def from_file(
-        cls, path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float16
-    ) -> TAEHVDecoder:
-        """Load `taew2_1.pth` (or its .safetensors): decoder strict, encoder keys ignored."""
-        return cls.from_state_dict(read_state_dict(path), device, dtype, source=str(path))
-
-    @classmethod
-    def from_state_dict(
-        cls,
-        sd: dict[str, torch.Tensor],
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float16,
-        source: str = "<state dict>",
-    ) -> TAEHVDecoder:
-        model = cls(TAEHVConfig.from_state_dict(sd, source))
-        load_strict(model, sd, source, ignore_prefixes=IGNORED_PREFIXES)
-        return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

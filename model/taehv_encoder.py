@@ -37,8 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .files import ModelFileError, load_strict, read_state_dict
-from .taehv import MemBlock, TAEHVDecoder, conv
+from .files import read_state_dict
+from .taehv import MemBlock, TAEHVDecoder, TAEHVHalf, conv, require_keys, run_with_memory
 
 log = logging.getLogger("sfbridge.model.taehv_encoder")
 
@@ -73,9 +73,7 @@ class TAEHVEncoderConfig:
     def from_state_dict(cls, sd: dict[str, torch.Tensor], source: str = "<state dict>") -> TAEHVEncoderConfig:
         """Widths and TPool strides from tensor shapes (encoder.0 in/out, encoder.17 out, TPool in/out)."""
         need = ["encoder.0.weight", f"encoder.{OUT_INDEX}.weight", *(f"encoder.{i}.conv.weight" for i in TPOOL_INDICES)]
-        for k in need:
-            if k not in sd:
-                raise ModelFileError(f"{source}: missing key {k!r} (not a TAEHV state dict with an encoder?)")
+        require_keys(sd, need, source, "not a TAEHV state dict with an encoder?")
         first = sd["encoder.0.weight"]  # [n_f, 3 p^2, 3, 3]
         pools = [sd[f"encoder.{i}.conv.weight"] for i in TPOOL_INDICES]  # [n_f, n_f * s, 1, 1]
         return cls(
@@ -86,8 +84,14 @@ class TAEHVEncoderConfig:
         )
 
 
-class TAEHVEncoder(nn.Module):
-    """Stateless encoder: `encoder` Sequential with the published layer order (keys `encoder.N.*`)."""
+class TAEHVEncoder(TAEHVHalf):
+    """Stateless encoder: `encoder` Sequential with the published layer order (keys `encoder.N.*`).
+
+    `from_file` / `from_state_dict`: the encoder half of `taew2_1.pth`, strict, decoder keys skipped.
+    """
+
+    CONFIG = TAEHVEncoderConfig
+    SKIP_PREFIXES = DECODER_PREFIXES
 
     def __init__(self, cfg: TAEHVEncoderConfig | None = None) -> None:
         super().__init__()
@@ -115,36 +119,8 @@ class TAEHVEncoder(nn.Module):
         x = frames.to(self.encoder[0].weight.dtype).reshape(N * T, C, H, W)
         if self.cfg.patch_size > 1:
             x = F.pixel_unshuffle(x, self.cfg.patch_size)
-        for i, layer in enumerate(self.encoder):
-            if isinstance(layer, MemBlock):
-                xs = x.reshape(N, -1, *x.shape[1:])  # [N, T_i, C_i, H_i, W_i]
-                prev = memory.get(i)
-                prev = torch.zeros_like(xs[:, :1]) if prev is None else prev.to(xs.dtype)
-                past = torch.cat([prev, xs[:, :-1]], dim=1).reshape(x.shape)  # input shifted one frame
-                memory[i] = xs[:, -1:].clone()
-                x = layer(x, past)
-            else:
-                x = layer(x)
+        x = run_with_memory(self.encoder, x, N, memory)
         return x.reshape(N, -1, *x.shape[1:])
-
-    @classmethod
-    def from_file(
-        cls, path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float16
-    ) -> TAEHVEncoder:
-        """Encoder half of `taew2_1.pth` (or its .safetensors): strict, decoder keys skipped."""
-        return cls.from_state_dict(read_state_dict(path), device, dtype, source=str(path))
-
-    @classmethod
-    def from_state_dict(
-        cls,
-        sd: dict[str, torch.Tensor],
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float16,
-        source: str = "<state dict>",
-    ) -> TAEHVEncoder:
-        model = cls(TAEHVEncoderConfig.from_state_dict(sd, source))
-        load_strict(model, sd, source, ignore_prefixes=DECODER_PREFIXES)
-        return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:

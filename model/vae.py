@@ -25,12 +25,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import ClassVar, TypeVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .files import load_strict, read_state_dict
+from .files import ModelFileError, load_strict, read_state_dict
 
 log = logging.getLogger("sfbridge.model.vae")
 
@@ -289,22 +290,80 @@ class Decoder3d(nn.Module):
         return x
 
 
-class WanVAEDecoder(nn.Module):
-    """conv2 (1x1x1 latent conv) + Decoder3d; keys `conv2.*`, `decoder.*` of Wan2.1_VAE.pth.
+_Half = TypeVar("_Half", bound="WanVAEHalf")
 
-    `forward(latents [B, F, z, h, w] normalised, cache)` -> pixels [B, T, 3, 8h, 8w] clamped to
-    [-1, 1], T = 4F (or 4F - 3 for the first block of a stream).
+
+class WanVAEHalf(nn.Module):
+    """What the decoder and encoder halves of one `Wan2.1_VAE.pth` share: the config, the wrapper's
+    latent statistics, and strict loading (own keys strict, only the other half's prefixes skipped).
+
+    Subclasses name the keys their config is sized from (`REQUIRED_KEYS`, with `NOT_THIS_FILE` as
+    the hint of the missing-key error) and what they skip (`SKIP_PREFIXES`).
     """
+
+    REQUIRED_KEYS: ClassVar[tuple[str, ...]]
+    NOT_THIS_FILE: ClassVar[str]
+    SKIP_PREFIXES: ClassVar[tuple[str, ...]]
 
     def __init__(self, cfg: VAEConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or VAEConfig()
-        self.conv2 = CausalConv3d(self.cfg.z_dim, self.cfg.z_dim, 1)
-        self.decoder = Decoder3d(self.cfg)
         # not in the checkpoint: the wrapper's constants (persistent=False keeps them out of state_dict)
         assert self.cfg.z_dim == len(LATENT_MEAN), f"normalisation constants are for z_dim 16, got {self.cfg.z_dim}"
         self.register_buffer("mean", torch.tensor(LATENT_MEAN).view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(LATENT_STD).view(1, -1, 1, 1, 1), persistent=False)
+
+    @classmethod
+    def config_from_state_dict(cls, sd: dict[str, torch.Tensor], source: str = "<state dict>") -> VAEConfig:
+        """VAEConfig from the tensors, after checking this half's keys are there (error names file and key)."""
+        for k in cls.REQUIRED_KEYS:
+            if k not in sd:
+                raise ModelFileError(f"{source}: missing key {k!r} ({cls.NOT_THIS_FILE})")
+        return VAEConfig.from_state_dict(sd)
+
+    @classmethod
+    def from_file(
+        cls: type[_Half],
+        path: str | os.PathLike,
+        cfg: VAEConfig | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> _Half:
+        """Load this half of `Wan2.1_VAE.pth` (or a .safetensors with the same keys)."""
+        return cls.from_state_dict(read_state_dict(path), cfg, device, dtype, source=str(path))
+
+    @classmethod
+    def from_state_dict(
+        cls: type[_Half],
+        sd: dict[str, torch.Tensor],
+        cfg: VAEConfig | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        source: str = "<state dict>",
+    ) -> _Half:
+        if cfg is None:
+            cfg = cls.config_from_state_dict(sd, source)
+        model = cls(cfg)
+        load_strict(model, sd, source, ignore_prefixes=cls.SKIP_PREFIXES)
+        return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+class WanVAEDecoder(WanVAEHalf):
+    """conv2 (1x1x1 latent conv) + Decoder3d; keys `conv2.*`, `decoder.*` of Wan2.1_VAE.pth.
+
+    `forward(latents [B, F, z, h, w] normalised, cache)` -> pixels [B, T, 3, 8h, 8w] clamped to
+    [-1, 1], T = 4F (or 4F - 3 for the first block of a stream). Loading is strict except the
+    encoder keys.
+    """
+
+    REQUIRED_KEYS = ("decoder.head.2.weight", "conv2.weight")
+    NOT_THIS_FILE = "not a Wan2.1 VAE state dict?"
+    SKIP_PREFIXES = IGNORED_PREFIXES
+
+    def __init__(self, cfg: VAEConfig | None = None) -> None:
+        super().__init__(cfg)
+        self.conv2 = CausalConv3d(self.cfg.z_dim, self.cfg.z_dim, 1)
+        self.decoder = Decoder3d(self.cfg)
 
     @property
     def num_cache_slots(self) -> int:
@@ -318,38 +377,6 @@ class WanVAEDecoder(nn.Module):
         z = z * self.std.to(z.dtype) + self.mean.to(z.dtype)
         x = self.decoder(self.conv2(z), cache)  # [B, 3, T, 8h, 8w]
         return x.clamp(-1, 1).permute(0, 2, 1, 3, 4)  # [B, T, 3, H, W]
-
-    @classmethod
-    def from_file(
-        cls,
-        path: str | os.PathLike,
-        cfg: VAEConfig | None = None,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> WanVAEDecoder:
-        """Load `Wan2.1_VAE.pth` (or a .safetensors with the same keys), strict except the encoder keys."""
-        sd = read_state_dict(path)
-        return cls.from_state_dict(sd, cfg, device, dtype, source=str(path))
-
-    @classmethod
-    def from_state_dict(
-        cls,
-        sd: dict[str, torch.Tensor],
-        cfg: VAEConfig | None = None,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
-        source: str = "<state dict>",
-    ) -> WanVAEDecoder:
-        if cfg is None:
-            from .files import ModelFileError
-
-            for k in ("decoder.head.2.weight", "conv2.weight"):
-                if k not in sd:
-                    raise ModelFileError(f"{source}: missing key {k!r} (not a Wan2.1 VAE state dict?)")
-            cfg = VAEConfig.from_state_dict(sd)
-        model = cls(cfg)
-        load_strict(model, sd, source, ignore_prefixes=IGNORED_PREFIXES)
-        return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, latent_frames_per_call: int | None = 1) -> torch.Tensor:

@@ -26,12 +26,10 @@ import os
 import torch
 import torch.nn as nn
 
-from .files import ModelFileError, load_strict, read_state_dict
+from .files import ModelFileError, read_state_dict
 from .vae import (
     DECODER_PREFIXES,
     ENCODER_PREFIXES,
-    LATENT_MEAN,
-    LATENT_STD,
     AttentionBlock,
     CausalConv3d,
     FeatureCache,
@@ -39,6 +37,7 @@ from .vae import (
     RMSNorm,
     VAEConfig,
     WanVAEDecoder,
+    WanVAEHalf,
 )
 
 log = logging.getLogger("sfbridge.model.vae_encoder")
@@ -120,22 +119,22 @@ class Encoder3d(nn.Module):
         return x
 
 
-class WanVAEEncoder(nn.Module):
+class WanVAEEncoder(WanVAEHalf):
     """Encoder3d + conv1 (1x1x1, 2z -> 2z); keys `encoder.*`, `conv1.*` of Wan2.1_VAE.pth.
 
     `forward(pixels [B, T, 3, H, W] in [-1, 1], cache)` -> normalised latents [B, F, z, H/8, W/8].
     T must follow the stream's framing (1 + 4k at stream start, 4k after); StreamingVAEEncoder
-    does that bookkeeping.
+    does that bookkeeping. Loading is strict except the decoder keys.
     """
 
+    REQUIRED_KEYS = ("encoder.conv1.weight", "conv1.weight")
+    NOT_THIS_FILE = "not a Wan2.1 VAE state dict with an encoder?"
+    SKIP_PREFIXES = DECODER_PREFIXES
+
     def __init__(self, cfg: VAEConfig | None = None) -> None:
-        super().__init__()
-        self.cfg = cfg or VAEConfig()
+        super().__init__(cfg)
         self.encoder = Encoder3d(self.cfg)
         self.conv1 = CausalConv3d(self.cfg.z_dim * 2, self.cfg.z_dim * 2, 1)
-        assert self.cfg.z_dim == len(LATENT_MEAN), f"normalisation constants are for z_dim 16, got {self.cfg.z_dim}"
-        self.register_buffer("mean", torch.tensor(LATENT_MEAN).view(1, -1, 1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(LATENT_STD).view(1, -1, 1, 1, 1), persistent=False)
 
     @property
     def num_cache_slots(self) -> int:
@@ -150,35 +149,6 @@ class WanVAEEncoder(nn.Module):
         # official: (mu - mean) * (1 / std), the reciprocal taken in the pixels' dtype
         z = (mu - self.mean.to(dtype)) * (1.0 / self.std.to(dtype))
         return z.permute(0, 2, 1, 3, 4)  # [B, F, z, h, w]
-
-    @classmethod
-    def from_file(
-        cls,
-        path: str | os.PathLike,
-        cfg: VAEConfig | None = None,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> WanVAEEncoder:
-        """Encoder half of `Wan2.1_VAE.pth` (or its .safetensors), strict except the decoder keys."""
-        return cls.from_state_dict(read_state_dict(path), cfg, device, dtype, source=str(path))
-
-    @classmethod
-    def from_state_dict(
-        cls,
-        sd: dict[str, torch.Tensor],
-        cfg: VAEConfig | None = None,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
-        source: str = "<state dict>",
-    ) -> WanVAEEncoder:
-        if cfg is None:
-            for k in ("encoder.conv1.weight", "conv1.weight"):
-                if k not in sd:
-                    raise ModelFileError(f"{source}: missing key {k!r} (not a Wan2.1 VAE state dict with an encoder?)")
-            cfg = VAEConfig.from_state_dict(sd)
-        model = cls(cfg)
-        load_strict(model, sd, source, ignore_prefixes=DECODER_PREFIXES)
-        return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor, frames_per_call: int | None = T_DOWN) -> torch.Tensor:
@@ -278,11 +248,8 @@ def load_wan_vae(
     """
     sd = read_state_dict(path)
     source = str(path)
-    if cfg is None:
-        for k in ("decoder.head.2.weight", "conv2.weight"):
-            if k not in sd:
-                raise ModelFileError(f"{source}: missing key {k!r} (not a Wan2.1 VAE state dict?)")
-        cfg = VAEConfig.from_state_dict(sd)
+    if cfg is None:  # sized from the decoder's keys, as a decoder-only load does
+        cfg = WanVAEDecoder.config_from_state_dict(sd, source)
     dec = WanVAEDecoder.from_state_dict(sd, cfg, device, dtype, source=source)
     if not encoder:
         return dec, None
