@@ -26,6 +26,9 @@ import msgpack
 import zmq
 
 REPO = Path(__file__).resolve().parents[1]
+# The daemon's source tree: this checkout unless SFBRIDGE_ATTACK_TREE names another (e.g. a `git archive`
+# of one commit, so the figures belong to that commit while the working tree changes).
+TREE = Path(os.environ.get("SFBRIDGE_ATTACK_TREE", REPO))
 
 
 def free_port() -> int:
@@ -85,9 +88,9 @@ class Serve:
         self.log = Path(name)
         cmd = [sys.executable, "-m", "sfbridge.cli", "--log-level", log_level, "serve",
                "--control", self.control, "--frames", self.frames, *args]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(TREE), **(env or {})}
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=TREE, env=env)
         deadline = time.monotonic() + 90
         while True:
             if self.proc.poll() is not None:
