@@ -41,6 +41,31 @@ namespace UnityEngine
         public void Apply(bool updateMipmaps, bool makeNoLongerReadable) { }
         public bool Reinitialize(int width, int height, TextureFormat format, bool hasMipMap) { return true; }
     }
+    public enum RenderTextureFormat { ARGB32 = 0 }
+    public class RenderTexture : Texture
+    {
+        public RenderTexture(int width, int height, int depth, RenderTextureFormat format) { }
+        public bool Create() { return true; }
+        public void Release() { }
+    }
+    public class Camera : Behaviour
+    {
+        public RenderTexture targetTexture { get; set; }
+        public void Render() { }
+    }
+    public sealed class SystemInfo
+    {
+        public static bool supportsAsyncGPUReadback { get { return true; } }
+    }
+    public class Time
+    {
+        public static float unscaledTime { get { return 0f; } }
+    }
+    public struct Mathf
+    {
+        public static int Clamp(int value, int min, int max) { return value; }
+        public static float Clamp(float value, float min, float max) { return value; }
+    }
     public static class ImageConversion
     {
         public static bool LoadImage(Texture2D tex, byte[] data, bool markNonReadable) { return true; }
@@ -114,11 +139,40 @@ namespace UnityEngine
     [AttributeUsage(AttributeTargets.Field)] public class HeaderAttribute : Attribute { public HeaderAttribute(string header) { } }
     [AttributeUsage(AttributeTargets.Field)] public class TooltipAttribute : Attribute { public TooltipAttribute(string tooltip) { } }
     [AttributeUsage(AttributeTargets.Field)] public class SerializeField : Attribute { }
+    [AttributeUsage(AttributeTargets.Field)] public sealed class RangeAttribute : Attribute { public RangeAttribute(float min, float max) { } }
     [AttributeUsage(AttributeTargets.Method)] public sealed class ContextMenu : Attribute { public ContextMenu(string itemName) { } }
     [AttributeUsage(AttributeTargets.Class)] public sealed class DisallowMultipleComponent : Attribute { }
     [AttributeUsage(AttributeTargets.Class)] public sealed class AddComponentMenu : Attribute { public AddComponentMenu(string menuName) { } }
     [AttributeUsage(AttributeTargets.Class, AllowMultiple = true)]
     public sealed class RequireComponent : Attribute { public RequireComponent(Type requiredComponent) { } }
+}
+
+namespace UnityEngine.Rendering
+{
+    public struct AsyncGPUReadbackRequest
+    {
+        public bool done { get { return true; } }
+        public bool hasError { get { return false; } }
+        public int width { get { return 0; } }
+        public int height { get { return 0; } }
+        public Unity.Collections.NativeArray<T> GetData<T>(int layer = 0) where T : struct { return default(Unity.Collections.NativeArray<T>); }
+    }
+    public static class AsyncGPUReadback
+    {
+        public static AsyncGPUReadbackRequest Request(Texture src, int mipIndex, TextureFormat dstFormat, Action<AsyncGPUReadbackRequest> callback)
+        {
+            return default(AsyncGPUReadbackRequest);
+        }
+    }
+}
+
+namespace Unity.Collections
+{
+    public struct NativeArray<T> where T : struct
+    {
+        public int Length { get { return 0; } }
+        public void CopyTo(T[] array) { }
+    }
 }
 
 namespace UnityEngine.UI

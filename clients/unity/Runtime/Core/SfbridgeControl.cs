@@ -244,6 +244,17 @@ namespace Sfbridge
         /// <summary>Drops a scheduled change (result.cancelled); code not_found when it is unknown or has landed.</summary>
         public SfbridgeReply Cancel(long stateId) { return Call(SfbridgeSteering.CancelRequest(stateId)); }
 
+        /// <summary>Switches video-to-video on ("v2v") or "off" (input frames: SfbridgeInputSender).</summary>
+        public SfbridgeReply Input(string mode, double strength = 0.7, bool motionAdaptive = false)
+        {
+            return Call(SfbridgeSteering.InputRequest(mode, strength, motionAdaptive, SfbridgeSchedule.Next));
+        }
+
+        public SfbridgeReply Input(string mode, double strength, bool motionAdaptive, SfbridgeSchedule at)
+        {
+            return Call(SfbridgeSteering.InputRequest(mode, strength, motionAdaptive, at));
+        }
+
         public SfbridgeReply Pause() { return Call(Op("pause")); }
 
         public SfbridgeReply Resume() { return Call(Op("resume")); }

@@ -215,6 +215,21 @@ namespace Sfbridge
             return d;
         }
 
+        /// <summary>Video-to-video from input frames: mode "v2v" or "off"; strength 0..1 (1 = text-to-video,
+        /// lower follows the input more); motionAdaptive lowers it while the input moves a lot.</summary>
+        public static Dictionary<string, object> InputRequest(string mode, double strength, bool motionAdaptive, SfbridgeSchedule at)
+        {
+            if (mode != "v2v" && mode != "off") throw new ArgumentException("mode must be v2v or off, got '" + mode + "'", "mode");
+            if (double.IsNaN(strength) || strength < 0 || strength > 1)
+                throw new ArgumentOutOfRangeException("strength", "strength must be in 0..1, got " + strength);
+            var d = Op("input");
+            d["mode"] = mode;
+            d["strength"] = strength;
+            d["motion_adaptive"] = motionAdaptive;
+            at.AddTo(d);
+            return d;
+        }
+
         /// <summary>Drops a scheduled change; the daemon answers not_found when it is unknown or has landed.</summary>
         public static Dictionary<string, object> CancelRequest(long stateId)
         {

@@ -329,6 +329,9 @@ namespace Sfbridge
             return _socket.Poll(Math.Max(0, timeoutMs) * 1000, SelectMode.SelectRead);
         }
 
+        /// <summary>Upper bound of one blocking send (a stuck peer then throws instead of hanging).</summary>
+        public int SendTimeoutMs { set { _socket.SendTimeout = value; } }
+
         /// <summary>Bytes already waiting in the kernel buffer.</summary>
         public int Available { get { return _disposed ? 0 : _socket.Available; } }
 
