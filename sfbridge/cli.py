@@ -24,11 +24,15 @@ from sfbridge.cli_settings import (
     LOG_LEVELS,
     UsageError,
     apply_environment,
+    block_delay_value,
     float_min,
     int_range,
+    jpeg_quality_value,
     model_name,
     one_of,
+    prompt_value,
     seed_value,
+    sndhwm_value,
 )
 from sfbridge.cli_steering import add_prompt_options, add_schedule_options, prompt_request, schedule_request
 from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES
@@ -86,15 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int_range(2), default=None,
                    help="frame width, even (testsrc: 16..8192, default 832; tiny/self-forcing: multiple of 16)")
     p.add_argument("--height", type=int_range(2), default=None, help="frame height, even (testsrc default 480)")
-    p.add_argument("--prompt", default=None, help="initial prompt [$SFBRIDGE_PROMPT or a landscape]")
+    p.add_argument("--prompt", type=prompt_value, default=None, help="initial prompt [$SFBRIDGE_PROMPT or a landscape]")
     p.add_argument("--seed", type=seed_value, default=None, help="initial seed, 0..2^63-1 [$SFBRIDGE_SEED or 0]")
-    p.add_argument("--jpeg-quality", type=int_range(1, 100), default=85, help="JPEG quality 1-100 [%(default)s]")
+    p.add_argument("--jpeg-quality", type=jpeg_quality_value, default=85, help="JPEG quality 1-100 [%(default)s]")
     p.add_argument("--pace", type=one_of("native", "off"), metavar="{native,off}", default=None,
                    help="native: 16 fps or the production rate; off: publish as soon as decoded "
                         "[$SFBRIDGE_PACE or native]")
-    p.add_argument("--sndhwm", type=int_range(0), default=4,
+    p.add_argument("--sndhwm", type=sndhwm_value, default=4,
                    help="frames queued per subscriber before dropping [%(default)s]")
-    p.add_argument("--block-delay", type=float_min(0, True), default=0.0,
+    p.add_argument("--block-delay", type=block_delay_value, default=0.0,
                    help="testsrc only: seconds per block, to simulate a slow GPU")
     p.add_argument("--model-dir", default=None, help="folder with the model files [$SFBRIDGE_MODEL_DIR]")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="model precision (self-forcing)")
@@ -156,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=lambda a, op=op: _request(a, op))
 
     p = sub.add_parser("reset", help="start a new scene (clears caches)")
-    p.add_argument("--prompt", default=None, help="prompt of the new scene [keep the current one]")
+    p.add_argument("--prompt", type=prompt_value, default=None, help="prompt of the new scene [keep the current one]")
     p.add_argument("--seed", type=seed_value, default=None, help="seed of the new scene, 0..2^63-1 [keep]")
     _add_endpoints(p)
     p.set_defaults(func=lambda a: _request(a, "reset", **{k: v for k, v in (("prompt", a.prompt),

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from sfbridge.protocol import MAX_SEED
+from sfbridge import values
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -41,11 +41,26 @@ def int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def seed_value(text: str) -> int:
-    try:
-        return int_range(0, MAX_SEED)(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"must be an integer in 0..2^63-1, got {text!r}") from None
+def checked(check: Callable[[Any, str], Any], name: str) -> Callable[[str], Any]:
+    """An argparse type from a validator of sfbridge/values.py: the CLI, the ``SFBRIDGE_*`` variables, the
+    wire and ``DaemonConfig`` then refuse a value with the same message (``seed must be an integer in ...``)."""
+    def parse(text: str) -> Any:
+        try:
+            return check(text, name)
+        except values.InvalidValue as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name
+    return parse
+
+
+seed_value = checked(values.seed, "seed")
+prompt_value = checked(values.prompt, "prompt")
+sndhwm_value = checked(values.sndhwm, "sndhwm")
+block_delay_value = checked(values.block_delay, "block_delay")
+jpeg_quality_value = checked(values.jpeg_quality, "jpeg_quality")
+pace_value = checked(values.pace, "pace")
+model_name = checked(values.model, "model")
 
 
 def float_min(lo: float, inclusive: bool) -> Callable[[str], float]:
@@ -79,22 +94,13 @@ def one_of(*choices: str) -> Callable[[str], str]:
     return parse
 
 
-def model_name(text: str) -> str:
-    from sfbridge.generators import available
-
-    names = ["auto", *available()]
-    if text not in names:
-        raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose from {', '.join(names)}")
-    return text
-
-
 # Settings read from SFBRIDGE_* after parsing when the option was not given: dest -> (type, default).
 ENV_SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "log_level": (one_of(*LOG_LEVELS), "info"),
     "model": (model_name, "auto"),
-    "prompt": (str, None),
+    "prompt": (prompt_value, None),
     "seed": (seed_value, 0),
-    "pace": (one_of("native", "off"), "native"),
+    "pace": (pace_value, "native"),
     "model_dir": (str, None),
 }
 SERVE_ONLY = ("model", "prompt", "seed", "pace", "model_dir")  # `reset --seed` does not read SFBRIDGE_SEED

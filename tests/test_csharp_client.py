@@ -11,6 +11,13 @@
   `state` at that block, the cancelled one never landing), seed/steps/pause/resume/reset, then kills the daemon
   (SIGKILL), checks the control timeout, restarts the daemon on the same ports and checks that
   the client reconnected by itself, and finally a quick clean shutdown.
+- test_csharp_input_sender_to_libzmq_sub / test_csharp_input_shows_in_testsrc (issue 12): the C#
+  input sender (Runtime/Core/SfbridgeInputSender.cs, driven by Tests~/InputTest.cs) handshakes with a
+  libzmq SUB and its messages decode as the documented [header, payload]; then, against a real
+  `sfbridge serve --model testsrc --input ...` with v2v on, two generated pictures (RGB24 top-first at
+  the model size; RGBA32 bottom-first at twice the size, as Unity's readback gives them) show in the
+  received rgb24 pixels, right way up, in frames whose header `input` names the C# sender; the
+  sender never exceeds 16 frames per second and drops queued frames when submitted faster.
 - test_unity_scripts_compile: compiles the Unity-facing scripts (Runtime/Unity, the sample)
   against clients/unity/Tests~/UnityStubs.cs, a declarations-only stand-in for the UnityEngine
   API they use. This catches syntax and type errors only; Unity behaviour is not run in CI.
@@ -297,3 +304,53 @@ def test_csharp_answers_zmtp_ping(tmp_path):
         stop.set()
         t.join(5)
     assert r.returncode == 0 and "OK heartbeat" in r.stdout, r.stdout + r.stderr
+
+
+def _compile_input_test(tmp_path: Path) -> Path:
+    exe = tmp_path / "InputTest.exe"
+    _compile(exe, sorted((UNITY / "Runtime" / "Core").glob("*.cs")) + [UNITY / "Tests~" / "InputTest.cs"])
+    return exe
+
+
+@needs_mono
+def test_csharp_input_sender_to_libzmq_sub(tmp_path):
+    """The C# PUB handshakes with libzmq's SUB; each message is [msgpack header, rgb24 payload]."""
+    exe = _compile_input_test(tmp_path)
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    port = sub.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        r = subprocess.run([MONO, str(exe), "--input", f"tcp://127.0.0.1:{port}", "--send-only", "6",
+                            "--width", "40", "--height", "24"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "OK send_only" in r.stdout, r.stdout + r.stderr
+        msgs = []
+        while sub.poll(500):
+            msgs.append(sub.recv_multipart())
+    finally:
+        sub.close()
+    assert len(msgs) == 6, len(msgs)
+    for i, (raw, payload) in enumerate(msgs):
+        header = msgpack.unpackb(raw)
+        assert header == {"format": "rgb24", "w": 40, "h": 24, "t_cap": 1000.0 + i, "client": "csharp-input-test",
+                          "seq": i}
+        assert payload == bytes([i]) * (40 * 24 * 3)
+
+
+@needs_mono
+def test_csharp_input_shows_in_testsrc(tmp_path):
+    exe = _compile_input_test(tmp_path)
+    inp = f"tcp://127.0.0.1:{_free_port()}"
+    d = ServeProcess("--model", "testsrc", "--width", str(W), "--height", str(H), "--input", inp,
+                     log=tmp_path / "daemon.log")
+    try:
+        r = subprocess.run([MONO, "--debug", str(exe), "--control", d.control, "--frames", d.frames, "--input", inp,
+                            "--width", str(W), "--height", str(H)], capture_output=True, text=True, timeout=120)
+    finally:
+        d.stop()
+    out = r.stdout
+    assert r.returncode == 0 and "ALL_OK" in out, out + r.stderr[-3000:] + d.output()[-3000:]
+    for name in ("encode", "input_reply", "input_shows_A", "input_shows_B", "rate_limited", "round_trip", "input_off"):
+        assert f"OK {name}" in out, out
+    print("\n" + out)
