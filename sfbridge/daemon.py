@@ -24,13 +24,16 @@ from sfbridge.control import ControlServer
 from sfbridge.encoders import make_encoders
 from sfbridge.engine import Engine, EngineStats
 from sfbridge.generators import Generator, GeneratorError, Steering, create_generator
+from sfbridge.input import InputServer
 from sfbridge.prepare import PrepareQueue
 from sfbridge.protocol import (
     DEFAULT_CONTROL,
     DEFAULT_FRAMES,
+    DEFAULT_INPUT,
     FRAME_FORMATS,
     PROTOCOL_VERSION,
     Cancel,
+    Input,
     Ping,
     Prompt,
     ProtocolError,
@@ -57,6 +60,9 @@ class DaemonConfig:
     model: str = "testsrc"
     control: str = DEFAULT_CONTROL
     frames: str = DEFAULT_FRAMES
+    # SUB, bound: game frames in (sfbridge/input.py, docs/PROTOCOL.md "Input frames"). None: DEFAULT_INPUT, and
+    # if that is taken (a second daemon) the daemon runs without input, with a warning; a given one must bind.
+    input: str | None = None
     prompt: str = DEFAULT_PROMPT
     seed: int = 0
     jpeg_quality: int = 85
@@ -92,7 +98,8 @@ class Daemon:
     def __init__(self, config: DaemonConfig, generator: Generator | None = None) -> None:
         self.config = config
         # Access first: a refused bind or a bad key file fails before any model is loaded.
-        self.access = ServerAccess.configure({"control": config.control, "frames": config.frames},
+        endpoints = {"control": config.control, "frames": config.frames, "input": config.input or DEFAULT_INPUT}
+        self.access = ServerAccess.configure(endpoints,
                                              config.curve_secret, config.curve_allow, config.insecure)
         self.warnings: list[str] = list(self.access.warnings)
         if generator is None:
@@ -101,6 +108,7 @@ class Daemon:
         self.generator = generator
         # Generators are engine-thread-only: read their static facts once, here, for `status`.
         self.description = generator.describe()
+        self.takes_input = generator.supports_input()
         self.started = time.time()
         self.box = SteeringBox(Steering(prompt=config.prompt, seed=config.seed, state_id=1), fps=generator.fps)
         self.outbox: queue.Queue = queue.Queue()
@@ -116,6 +124,9 @@ class Daemon:
                              stats=self.engine_stats, on_output=self.publisher.wake,
                              on_due=lambda c: self.preparer.submit(c.texts, c.state_id, settle=False))
         self.control = ControlServer(self.ctx, config.control, self.handle, access=self.access)
+        # Game frames in (issue 12): the engine takes one block of them per block in v2v mode.
+        self.input = self._open_input()
+        self.engine.take_input = self.input.take if self.input is not None else None
         self.stopped = threading.Event()
         # Text encoding off the engine and control threads, bounded: see sfbridge/prepare.py.
         self.preparer = PrepareQueue(generator.prepare, self.box.wants_encoding)
@@ -125,6 +136,8 @@ class Daemon:
     def start(self) -> Daemon:
         self.publisher.start()
         self.control.start()
+        if self.input is not None:
+            self.input.start()
         self.engine.start()
         log.info("serving %s %dx%d: control %s, frames %s", self.generator.name, self.generator.width,
                  self.generator.height, self.control.endpoint, self.publisher.endpoint)
@@ -142,6 +155,9 @@ class Daemon:
         self.control.thread.join(timeout)
         self.publisher.thread.join(timeout)
         self.preparer.stop()
+        if self.input is not None:
+            self.input.stop()
+            self.input.thread.join(timeout)
         self.access.stop()
         t0 = time.monotonic()
         self.ctx.term()  # waits for the publisher's linger: the `stopping` event leaves before we exit
@@ -180,6 +196,11 @@ class Daemon:
         if isinstance(req, Resume):
             self.box.set_paused(False)
             return {"paused": False}
+        if isinstance(req, Input):
+            if req.mode == "v2v" and not self.takes_input:
+                raise ProtocolError("not_supported", f"model {self.generator.name!r} takes no input frames")
+            fields = {"input_mode": req.mode, "input_strength": req.strength, "input_motion": req.motion_adaptive}
+            return self._accepted(*self.box.submit("input", fields, req.schedule))
         if isinstance(req, Reset):
             if req.prompt is not None:
                 self.preparer.submit((req.prompt,), None, settle=False)
@@ -208,6 +229,26 @@ class Daemon:
                 "prompts": [{"text": t, "weight": w} for t, w in s.weighted()], "mix": s.mix, "seed": s.seed,
                 "state_id": s.state_id, "block": self.box.next_block, "paused": self.box.paused}
 
+    def _open_input(self) -> InputServer | None:
+        endpoint = self.config.input or DEFAULT_INPUT
+        try:
+            return InputServer(self.ctx, endpoint, self.generator.width, self.generator.height, self._emit,
+                               bind=self.access.bind)
+        except zmq.ZMQError as exc:
+            if self.config.input is not None or exc.errno != zmq.EADDRINUSE:
+                raise
+            warning = f"input endpoint {endpoint} is in use (another daemon?): no input frames; pass --input"
+            log.warning("%s", warning)
+            self.warnings.append(warning)
+            return None
+
+    def input_status(self) -> dict:
+        """Input mode of the pending state and the input socket's per-client stats (docs/PROTOCOL.md 5)."""
+        s = self.box.peek()
+        live = self.input.snapshot() if self.input is not None else {"endpoint": None, "clients": {}}
+        return {"mode": s.input_mode, "strength": s.input_strength, "motion_adaptive": s.input_motion,
+                "supported": self.takes_input, **live}
+
     def status(self) -> dict:
         desc = self.description
         steps = self.box.peek().denoising_steps
@@ -226,6 +267,7 @@ class Daemon:
             "warnings": list(dict.fromkeys([*self.warnings, *desc.get("warnings", [])])),
             "stats": self.publisher.snapshot(),
             "pid": os.getpid(),
+            "input": self.input_status(),
             "security": self.access.snapshot(),
         }
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sfbridge.generators.base import Generator, PendingFrames
+from sfbridge.generators.base import BLOCK_FRAMES, FIRST_BLOCK_FRAMES, Generator, InputBlock, PendingFrames
 from sfbridge.protocol import make_event
 from sfbridge.steering import Change, Snapshot, SteeringBox
 
@@ -39,6 +39,8 @@ class BlockOut:
     stream: str
     t_gen: float  # Unix time the block was ready
     gen_s: float  # seconds the generator spent on it
+    input_mode: str = "off"  # the block's Steering.input_mode (frame headers)
+    sources: list[tuple[str, int, float]] | None = None  # input frame of each output frame; None: text-only
 
     def ready(self) -> bool:
         """Whether the frames are on the host; a finished decode is resolved in place (publisher thread)."""
@@ -60,6 +62,8 @@ def applied_event(change: Change, snap: Snapshot) -> dict:
     extra: dict = {}
     if change.kind == "prompt":  # the winning prompt's own settings (it is the block's prompt)
         extra = {"interp": s.interp, "recache": s.recache, "blend_blocks": s.blend_blocks}
+    elif change.kind == "input":
+        extra = {"input_mode": s.input_mode, "strength": s.input_strength, "motion_adaptive": s.input_motion}
     return make_event("applied", state_id=change.state_id, change=change.kind, transition=change.transition,
                       block=snap.block, state=s.state_id, prompt=s.prompt,
                       prompts=[{"text": t, "weight": w} for t, w in s.weighted()], mix=s.mix, seed=s.seed,
@@ -148,6 +152,16 @@ class Engine:
             self._emit(make_event(kind, block=self.box.next_block))
             log.info("%s at block %d", kind, self.box.next_block)
 
+    # Issue 12: the input frames of a block (sfbridge/input.py InputServer.take), set by the daemon; None: no
+    # input socket. Taken at the block boundary, only in v2v mode and for generators that take input.
+    take_input: Callable[[int], InputBlock | None] | None = None
+
+    def _inputs(self, snap: Snapshot) -> InputBlock | None:
+        s = snap.steering
+        if s.input_mode != "v2v" or self.take_input is None or not self.generator.supports_input():
+            return None
+        return self.take_input(FIRST_BLOCK_FRAMES if snap.block == 0 else BLOCK_FRAMES)
+
     def _step(self, snap: Snapshot) -> None:
         s = snap.steering
         t0 = time.perf_counter()
@@ -161,7 +175,9 @@ class Engine:
                                            mix=s.mix, seed=s.seed, state_id=s.state_id))
                 log.info("scene %s started: %r seed %d", snap.stream, s.prompt, s.seed)
                 t0 = time.perf_counter()
-            out = self.generator.submit_block(s)  # frames may still be decoding: the next block starts now
+            inputs = self._inputs(snap)
+            # frames may still be decoding: the next block starts now
+            out = self.generator.submit_block(s, inputs) if inputs is not None else self.generator.submit_block(s)
             if not isinstance(out.frames, PendingFrames):
                 self._check(out.frames)
         except Exception as exc:
@@ -185,7 +201,8 @@ class Engine:
         for _, event in sorted(outcomes, key=lambda o: o[0]):
             self._emit(event)
         blk = BlockOut(frames=out.frames, block=snap.block, first_frame=out.first_frame, first_seq=self._seq,
-                       state=s.state_id, stream=snap.stream, t_gen=time.time(), gen_s=gen_s)
+                       state=s.state_id, stream=snap.stream, t_gen=time.time(), gen_s=gen_s,
+                       input_mode=s.input_mode, sources=inputs.sources if inputs is not None else None)
         if isinstance(out.frames, PendingFrames):
             blk.frames = self._checked(out.frames, blk)
         self.outbox.put(blk)  # a pending block is in the outbox at once: max_ahead counts it as today

@@ -301,6 +301,35 @@ def _parse_reset(m: dict) -> Reset:
     )
 
 
+# --- op `input` and the input socket's defaults (issue 12; docs/PROTOCOL.md "Input frames") ---------------
+DEFAULT_INPUT = "tcp://127.0.0.1:5557"  # SUB, bound by the daemon: game frames in (clients connect PUB)
+INPUT_MODES = ("off", "v2v")  # ignore input frames, or restyle them (video-to-video)
+DEFAULT_INPUT_STRENGTH = 0.7  # Daydream Scope's default; StreamDiffusionV2 uses 0.8
+
+
+@dataclass(frozen=True)
+class Input:
+    mode: str  # one of INPUT_MODES
+    strength: float = DEFAULT_INPUT_STRENGTH  # 0: the input as encoded .. 1: text-to-video
+    motion_adaptive: bool = False
+    schedule: Schedule = field(default_factory=Schedule)
+
+
+Request = Request | Input  # type: ignore[misc]
+
+
+def _parse_input(m: dict) -> Input:
+    if m.get("mode") is None:
+        raise ProtocolError("bad_request", f"op 'input' needs field 'mode' ({' or '.join(INPUT_MODES)})")
+    mode = _choice(m, "mode", INPUT_MODES, "off", "input")
+    strength = m.get("strength")
+    strength = DEFAULT_INPUT_STRENGTH if strength is None else _number(strength, "field 'strength'", "input")
+    if not 0.0 <= strength <= 1.0:
+        raise ProtocolError("invalid_value", f"field 'strength' of op 'input' must be in 0..1, got {strength}")
+    motion = _field(m, "motion_adaptive", bool, False, "input")
+    return Input(mode=mode, strength=strength, motion_adaptive=bool(motion), schedule=parse_schedule(m, "input"))
+
+
 _PARSERS = {
     "ping": lambda m: Ping(),
     "status": lambda m: Status(),
@@ -311,6 +340,7 @@ _PARSERS = {
     "resume": lambda m: Resume(),
     "reset": _parse_reset,
     "cancel": _parse_cancel,
+    "input": _parse_input,
 }
 OPS = tuple(_PARSERS)
 
@@ -404,10 +434,15 @@ def make_event(type_: str, **fields: Any) -> dict:
 
 
 def frame_header(*, stream: str, seq: int, block: int, idx: int, frame: int, fps: float, width: int,
-                 height: int, fmt: str, state: int, t_gen: float) -> dict:
-    """The frame header map (docs/PROTOCOL.md 3.1); ``t_pub`` is filled in right before sending."""
+                 height: int, fmt: str, state: int, t_gen: float, input_mode: str = "off",
+                 source: tuple[str, int, float] | None = None) -> dict:
+    """The frame header map (docs/PROTOCOL.md 3.1); ``t_pub`` is filled in right before sending.
+
+    ``input`` names the input frame this frame was made from (client, seq, t_cap), nil when none was
+    (input mode off, or the text-only fallback): a game measures its round trip with it."""
     return {
         "v": PROTOCOL_VERSION, "stream": stream, "seq": seq, "block": block, "idx": idx, "frame": frame,
         "pts": frame / fps, "w": width, "h": height, "format": fmt, "state": state, "t_gen": t_gen,
-        "t_pub": 0.0,
+        "t_pub": 0.0, "input_mode": input_mode,
+        "input": None if source is None else {"client": source[0], "seq": source[1], "t_cap": source[2]},
     }

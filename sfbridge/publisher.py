@@ -148,9 +148,10 @@ class Publisher:
         """Send frame ``i`` of ``blk`` in every wanted format; False (nothing sent) if paused meanwhile."""
         frame = blk.frames[i]
         h, w = frame.shape[:2]
+        source = blk.sources[i] if blk.sources is not None and i < len(blk.sources) else None
         header = frame_header(stream=blk.stream, seq=blk.first_seq + i, block=blk.block, idx=i,
                               frame=blk.first_frame + i, fps=self.fps, width=w, height=h, fmt="",
-                              state=blk.state, t_gen=blk.t_gen)
+                              state=blk.state, t_gen=blk.t_gen, input_mode=blk.input_mode, source=source)
         payloads = {fmt: self._encode(fmt, frame) for fmt in self.wanted_formats()}  # slow part: outside the gate
         with self.gate:
             if self.box.paused:

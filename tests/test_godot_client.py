@@ -13,6 +13,12 @@
   (`applied` event and frame header `state`), the cancelled one never, with a `cancelled` event;
   gets an unknown_op error signal, then the daemon is
   killed and restarted on the same ports and the addon must reconnect by itself.
+- test_godot_input_sender_to_libzmq_sub / test_godot_input_shows_in_testsrc (issue 12): the input
+  sender node (sfbridge_input_sender.gd, driven by tests/godot/test_input.gd) handshakes as a ZMTP PUB
+  with a libzmq SUB and sends [msgpack header, JPEG] messages; against a real `sfbridge serve --model
+  testsrc --input ...` with v2v on (set_input), two Images fed through send_image() (the path a
+  captured viewport takes) show in the received rgb24 pixels the right way up, in frames whose header
+  `input` names the sender, at no more than 16 frames per second.
 """
 
 from __future__ import annotations
@@ -102,7 +108,8 @@ def _make_project(tmp: Path) -> Path:
     proj = tmp / "project"
     (proj / "addons").mkdir(parents=True)
     (proj / "addons" / "sfbridge").symlink_to(ADDON, target_is_directory=True)
-    shutil.copy(REPO / "tests" / "godot" / "test_client.gd", proj / "test_client.gd")
+    for script in ("test_client.gd", "test_input.gd"):
+        shutil.copy(REPO / "tests" / "godot" / script, proj / script)
     (proj / "project.godot").write_text(
         'config_version=5\n\n[application]\n\nconfig/name="sfbridge-test"\nrun/flush_stdout_on_print=true\n'
     )
@@ -299,3 +306,56 @@ def test_godot_control_retry_keeps_full_timeout(tmp_path):
     assert r.returncode == 0 and "OK retry_timing" in out and "ALL_OK" in out, out[-4000:]
     assert len(peers) == 3, (peers, out[-4000:])  # Lazy Pirate: a new connection per attempt
     assert "SCRIPT ERROR" not in out and "Parse Error" not in out, out[-4000:]
+
+
+def test_godot_input_sender_to_libzmq_sub(tmp_path):
+    """The GDScript PUB handshakes with libzmq's SUB; each message is [msgpack header, JPEG of the image]."""
+    _ensure_godot()
+    import simplejpeg
+    import zmq
+
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    port = sub.bind_to_random_port("tcp://127.0.0.1")
+    proj = _make_project(tmp_path)
+    cmd = _godot_cmd(proj, "--input", f"tcp://127.0.0.1:{port}", "--send-only", "5", "--width", "48", "--height",
+                     "32", script="res://test_input.gd")
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=_godot_env(tmp_path), timeout=90)
+        msgs = []
+        while sub.poll(500):
+            msgs.append(sub.recv_multipart())
+    finally:
+        sub.close()
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "OK send_only" in out and "ALL_OK" in out, out[-4000:]
+    assert len(msgs) == 5, (len(msgs), out[-3000:])
+    for i, (raw, jpeg) in enumerate(msgs):
+        header = msgpack.unpackb(raw)
+        assert header == {"format": "jpeg", "w": 48, "h": 32, "t_cap": 1000.0 + i, "client": "godot-input-test",
+                          "seq": i}
+        img = simplejpeg.decode_jpeg(jpeg)
+        assert img.shape == (32, 48, 3) and abs(float(img.mean()) - 10 * i) < 3, (i, img.mean())
+
+
+def test_godot_input_shows_in_testsrc(tmp_path):
+    _ensure_godot()
+    inp = f"tcp://127.0.0.1:{_free_port()}"
+    daemon = ServeProcess("--model", "testsrc", "--width", str(W), "--height", str(H), "--input", inp,
+                          log=tmp_path / "daemon.log")
+    proj = _make_project(tmp_path)
+    cmd = _godot_cmd(proj, "--control", daemon.control, "--frames", daemon.frames, "--input", inp, "--width", str(W),
+                     "--height", str(H), script="res://test_input.gd")
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=_godot_env(tmp_path), timeout=120)
+    finally:
+        daemon.stop()
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "ALL_OK" in out, out[-5000:] + daemon.output()[-3000:]
+    for check in ("OK message", "OK input_reply", "OK input_shows_A", "OK input_shows_B", "OK rate_limited",
+                  "OK input_off"):
+        assert check in out, out[-5000:]
+    assert "SCRIPT ERROR" not in out and "Parse Error" not in out, out[-4000:]
+    print("\n" + "\n".join(line for line in out.splitlines() if line.startswith(("OK", "PHASE"))))

@@ -57,6 +57,12 @@ class Steering:
     interp: str = "linear"
     recache: bool = False
     prev_cond: tuple | None = None  # cond_key() of the state before this prompt change (blend source)
+    # Issue 12 (game frames in). ``input_mode`` "v2v" restyles the engine's input frames (InputBlock) at
+    # ``input_strength`` (0 = the input as encoded, 1 = text-to-video); ``input_motion`` lowers the strength
+    # when the input moves a lot (sfbridge/generators/v2v.py). "off" ignores input frames.
+    input_mode: str = "off"
+    input_strength: float = 0.7
+    input_motion: bool = False
 
     def weighted(self) -> tuple[tuple[str, float], ...]:
         """The conditioning as (text, weight) pairs: the list, or the single prompt at weight 1."""
@@ -81,6 +87,23 @@ def blend_identity(steering: Steering) -> tuple | None:
     if steering.transition != "blend" or steering.prev_prompt is None:
         return None
     return (steering.prompt, steering.since_block)
+
+
+@dataclass
+class InputBlock:
+    """The game's frames for one block, already at the generator's size and resampled to 16 fps.
+
+    ``frames`` is uint8 ``[N, H, W, 3]`` (N = the block's frame count: 9 for a scene's first block, 12
+    after); ``sources[i]`` is ``(client, seq, t_cap)`` of the input frame in slot i (repeats when the
+    input was slower than 16 fps); ``fresh`` is False when the block holds a frame that arrived earlier
+    (hold rule, sfbridge/input.py). ``prev`` is the last frame of the previous block's input, if any
+    (motion between blocks).
+    """
+
+    frames: np.ndarray
+    sources: list[tuple[str, int, float]]
+    prev: np.ndarray | None = None
+    fresh: bool = True
 
 
 class PendingFrames(Future):
@@ -136,11 +159,16 @@ class Generator(ABC):
     def next_block(self, steering: Steering) -> Block:
         """Produce the next block under ``steering`` (which may differ from the previous call's)."""
 
-    def submit_block(self, steering: Steering) -> Block:
+    def submit_block(self, steering: Steering, inputs: InputBlock | None = None) -> Block:
         """Like :meth:`next_block`, but ``frames`` may be :class:`PendingFrames` still decoding, so the
         caller can start the next block while this one decodes (docs/SELF_FORCING.md, "Pipelining").
         Blocks come out in call order; a ``reset`` also applies in call order. Default: ``next_block``.
+
+        ``inputs``: the block's input frames when ``steering.input_mode`` is "v2v" and input arrived (only
+        passed to generators whose :meth:`supports_input` is True; None means text-to-video).
         """
+        if inputs is not None:
+            return self.next_block(steering, inputs=inputs)  # type: ignore[call-arg]
         return self.next_block(steering)
 
     def describe(self) -> dict[str, Any]:
@@ -149,6 +177,11 @@ class Generator(ABC):
 
     def supports_steps(self) -> bool:
         """Whether ``Steering.denoising_steps`` means anything to this generator."""
+        return False
+
+    def supports_input(self) -> bool:
+        """Whether this generator takes input frames (video-to-video); its ``next_block`` then takes
+        ``inputs: InputBlock | None = None`` as a keyword argument."""
         return False
 
     def prepare(self, prompt: str) -> None:

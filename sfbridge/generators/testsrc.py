@@ -11,6 +11,11 @@ colours over the blend blocks (``interp`` linear or slerp), with the same math t
 text embeddings (:mod:`.conditioning`), so a client sees the effect of every steering field without
 a GPU. ``recache`` means nothing here (there is no KV cache) and is ignored.
 
+Video-to-video (``input_mode`` "v2v", issue 12): the game's input frame fills the picture and the
+pattern lies over it at an opacity of the block's strength (1.0: only the pattern, like the models'
+text-to-video; 0.0: only the input), the status line names the input frame (client#seq). So an engine
+integration sees its own render come back, and a test finds it in the output pixels.
+
 Content is a pure function of (prompt, seed, frame number, steering), never of wall time, so
 tests can compare frames bit-exactly.
 """
@@ -33,10 +38,12 @@ from sfbridge.generators.base import (
     Block,
     Generator,
     GeneratorError,
+    InputBlock,
     Steering,
 )
 from sfbridge.generators.conditioning import blend, blend_alpha, blend_identity, mix_weighted, source_key
 from sfbridge.generators.fonts import FontChain, chain
+from sfbridge.generators.v2v import effective_strength
 
 log = logging.getLogger("sfbridge.model.testsrc")
 
@@ -155,7 +162,10 @@ class TestSource(Generator):
     def describe(self) -> dict:
         return {**super().describe(), "warnings": self.warnings}
 
-    def next_block(self, steering: Steering) -> Block:
+    def supports_input(self) -> bool:
+        return True
+
+    def next_block(self, steering: Steering, inputs: InputBlock | None = None) -> Block:
         t0 = time.perf_counter()
         n = FIRST_BLOCK_FRAMES if self._block == 0 else BLOCK_FRAMES
         alpha = blend_alpha(steering, self._block)
@@ -167,11 +177,17 @@ class TestSource(Generator):
             src = self._blend_from if self._blend_from is not None else self._colors(source_key(steering))
             colors = np.clip(blend(src, colors, alpha, steering.interp), 0.0, 255.0)
         self._last_colors = colors
+        v2v = inputs is not None and steering.input_mode == "v2v"
+        strength = effective_strength(steering, inputs) if v2v else 1.0
         frames = np.empty((n, self.height, self.width, 3), dtype=np.uint8)
         for i in range(n):
-            frames[i] = self._render(self._frame + i, self._block, i, colors, steering)
+            under = None
+            if v2v and i < len(inputs.frames):
+                under = (inputs.frames[i], strength, inputs.sources[i])
+            frames[i] = self._render(self._frame + i, self._block, i, colors, steering, under)
+        info = {"blend_alpha": alpha, **({"strength": strength} if v2v else {})}
         block = Block(frames=frames, index=self._block, first_frame=self._frame,
-                      state_id=steering.state_id, info={"blend_alpha": alpha})
+                      state_id=steering.state_id, info=info)
         self._block += 1
         self._frame += n
         spent = time.perf_counter() - t0
@@ -188,7 +204,8 @@ class TestSource(Generator):
         except ValueError as e:
             raise GeneratorError(f"testsrc: {e}") from e
 
-    def _render(self, frame: int, block: int, idx: int, colors: np.ndarray, s: Steering) -> np.ndarray:
+    def _render(self, frame: int, block: int, idx: int, colors: np.ndarray, s: Steering,
+                under: tuple[np.ndarray, float, tuple] | None = None) -> np.ndarray:
         t = frame / self.fps
         # Diagonal bands scrolling right: sin(a x + b y - c t) from 1-D tables by the angle-sum
         # identity (two outer products instead of H*W sines), then a 256-entry colour palette.
@@ -204,19 +221,25 @@ class TestSource(Generator):
         px = int((0.5 + 0.45 * np.sin(2 * np.pi * (0.13 * t + rng_phase))) * (self.width - size))
         py = int((0.5 + 0.45 * np.sin(2 * np.pi * (0.21 * t + 2 * rng_phase))) * (self.height - size))
         out[py:py + size, px:px + size] = (255.0 - colors[0]).astype(np.uint8)
+        label = ""
+        if under is not None:  # v2v: the input under the pattern at opacity `strength`
+            picture, strength, (client, seq, _) = under
+            k = int(round(strength * 256))
+            out = ((picture.astype(np.uint16) * (256 - k) + out.astype(np.uint16) * k) >> 8).astype(np.uint8)
+            label = f"  input {client}#{seq}"
         # A 16-step progress bar along the bottom: one cell per frame within a second.
         cell = self.width // 16
         bar_h = max(2, self.height // 60)
         out[-bar_h:, : cell * (frame % 16 + 1)] = 255
-        self._draw_text(out, frame, block, idx, s)
+        self._draw_text(out, frame, block, idx, s, label)
         return out
 
-    def _draw_text(self, out: np.ndarray, frame: int, block: int, idx: int, s: Steering) -> None:
+    def _draw_text(self, out: np.ndarray, frame: int, block: int, idx: int, s: Steering, label: str = "") -> None:
         fonts, white = self._fonts, (255, 255, 255)
         if self._wrapped[0] != s.prompt:
             self._wrapped = (s.prompt, _wrap(s.prompt, fonts, self._text_width, 3))
         rows = [(line, fonts, white) for line in self._wrapped[1]]
-        status = f"frame {frame}  block {block}.{idx}  seed {s.seed}  state {s.state_id}"
+        status = f"frame {frame}  block {block}.{idx}  seed {s.seed}  state {s.state_id}{label}"
         rows.append((fonts.fit(status, self._text_width), fonts, white))
         if self._banner is not None:
             rows.insert(0, (self._banner[0], self._banner[1], (255, 210, 60)))

@@ -228,6 +228,19 @@ func cancel(state_id: int) -> int:
 	return request("cancel", {"state_id": state_id})
 
 
+## Video-to-video from the frames an SFBridgeInputSender sends: mode "v2v" or "off"; strength 0..1 (1 =
+## text-to-video, lower follows the input more); motion_adaptive lowers it while the input moves a lot.
+## Schedulable like set_seed; the reply has state_id and applies_at_block.
+func set_input(mode: String, strength := 0.7, motion_adaptive := false, at_block := -1, at_pts := -1.0) -> int:
+	var args := {"mode": mode, "strength": strength, "motion_adaptive": motion_adaptive}
+	var err := Steering.schedule(args, at_block, at_pts)
+	if mode != "v2v" and mode != "off":
+		err = "mode must be v2v or off, got '%s'" % mode
+	elif is_nan(strength) or strength < 0.0 or strength > 1.0:
+		err = "strength must be in 0..1, got %s" % strength
+	return _refuse("input", err) if err != "" else request("input", args)
+
+
 func pause() -> int:
 	return request("pause")
 

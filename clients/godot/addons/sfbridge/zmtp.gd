@@ -34,9 +34,10 @@ var _rx_pos := 0
 var _parts: Array = []
 var _connect_started_ms := 0
 var _connect_timeout_ms := 2000
+var _tx := PackedByteArray()  # bytes of a queued message not yet taken by the kernel (try_send_message)
 
 
-## Starts connecting to host:port; socket_type is "SUB" or "DEALER". Returns OK or an error code.
+## Starts connecting to host:port; socket_type is "SUB", "DEALER" or "PUB". Returns OK or an error code.
 ## connect_timeout_ms bounds the TCP connect plus the ZMTP handshake.
 func open(host: String, port: int, socket_type: String, connect_timeout_ms := 2000) -> int:
 	_socket_type = socket_type
@@ -62,6 +63,7 @@ func close(reason := "closed") -> void:
 	_tcp.disconnect_from_host()
 	_rx = PackedByteArray()
 	_rx_pos = 0
+	_tx = PackedByteArray()
 	_parts.clear()
 
 
@@ -78,6 +80,34 @@ func send_message(frames: Array) -> bool:
 	for i in frames.size():
 		_encode_frame(out, frames[i], i < frames.size() - 1, false)
 	return _send_raw(out)
+
+
+## Queues one message without ever blocking: its bytes leave through put_partial_data as the kernel takes
+## them, in poll(). Returns false (message not queued) while an earlier one is still leaving or the
+## connection is not open: the caller keeps only its newest message and tries again next tick.
+func try_send_message(frames: Array) -> bool:
+	if state != State.OPEN or not _tx.is_empty():
+		return false
+	for i in frames.size():
+		_encode_frame(_tx, frames[i], i < frames.size() - 1, false)
+	_flush_tx()
+	return true
+
+
+## Bytes of the queued message still waiting to leave (0: try_send_message will take a new one).
+func tx_pending() -> int:
+	return _tx.size()
+
+
+func _flush_tx() -> void:
+	if _tx.is_empty() or state != State.OPEN:
+		return
+	var res: Array = _tcp.put_partial_data(_tx)
+	if res[0] != OK:
+		_fail("send failed: %s" % error_string(res[0]))
+		return
+	var n: int = res[1]
+	_tx = _tx.slice(n) if n < _tx.size() else PackedByteArray()
 
 
 ## SUB: subscribe to a topic prefix ("" = everything).
@@ -185,6 +215,7 @@ func poll() -> Array:
 				_rx.append_array(data)
 			last_rx_ms = Time.get_ticks_msec()
 	_parse(messages)
+	_flush_tx()
 	# A peer that accepts TCP but never completes the greeting/READY exchange (not a ZeroMQ
 	# socket, or a hung process) must not hold the connection forever: the connect timeout
 	# covers the whole handshake, as in the C# client.
