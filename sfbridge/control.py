@@ -54,7 +54,8 @@ class ControlServer:
             while not self.stop_event.is_set():
                 if self.sock.poll(100, zmq.POLLIN):
                     self._serve_one(self.sock.recv_multipart(copy=True))
-        except Exception:  # pragma: no cover
+        except Exception as exc:  # the daemon's watch (daemon.py) reports it and exits non-zero
+            self.failure = exc
             log.exception("control thread died")
         finally:
             self.sock.close(linger=0)

@@ -14,12 +14,13 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
-from sfbridge import __version__
+from sfbridge import __version__, values
 from sfbridge.control import ControlServer
 from sfbridge.encoders import make_encoders
 from sfbridge.engine import Engine, EngineStats
@@ -53,6 +54,10 @@ from sfbridge.steering import Change, SteeringBox
 log = logging.getLogger("sfbridge.daemon")
 
 DEFAULT_PROMPT = "a beautiful landscape with mountains and a lake, cinematic lighting"
+EXIT_THREAD_DIED = 4  # serve's exit code when a daemon thread died (the CLI's 1-3 mean other things)
+WATCH_PERIOD_S = 0.2  # how often serve checks that every daemon thread still runs
+DEATH_NOTICE_S = 1.0  # how long a dying daemon waits for its `error` event to leave
+ZAP_THREAD = "sfbridge-zap"  # the CURVE authenticator's thread (sfbridge/security.py), watched like ours
 
 
 @dataclass
@@ -75,10 +80,23 @@ class DaemonConfig:
     insecure: bool = False  # allow a non-loopback bind without CURVE (warned in the log and `status`)
 
     def __post_init__(self) -> None:
-        if self.pace not in ("native", "off"):
-            raise ValueError(f"pace must be 'native' or 'off', got {self.pace!r}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        """Every value through its validator (sfbridge/values.py), as on the wire and the command line: a
+        daemon started from Python gets a ValueError naming the field, not a dead thread later."""
+        checks = {"model": values.model, "prompt": values.prompt, "seed": values.seed, "pace": values.pace,
+                  "jpeg_quality": values.jpeg_quality, "sndhwm": values.sndhwm,
+                  "max_ahead": lambda v, n: values.integer(v, n, 1, 64)}
+        for name, check in checks.items():
+            try:
+                setattr(self, name, check(getattr(self, name), name))
+            except values.InvalidValue as exc:
+                raise values.InvalidValue(name, f"DaemonConfig.{name}: {exc}") from None
+        option_checks = {"seed": values.seed, "block_delay": values.block_delay}
+        for name, check in option_checks.items():
+            if self.model_options.get(name) is not None:
+                try:
+                    check(self.model_options[name], name)
+                except values.InvalidValue as exc:
+                    raise values.InvalidValue(name, f"DaemonConfig.model_options[{name!r}]: {exc}") from None
 
 
 def build_generator(model: str, options: dict[str, Any]) -> tuple[Generator, list[str]]:
@@ -128,8 +146,10 @@ class Daemon:
         self.input = self._open_input()
         self.engine.take_input = self.input.take if self.input is not None else None
         self.stopped = threading.Event()
+        self.failures: dict[str, BaseException] = {}  # thread name -> what killed it (see dead_thread)
         # Text encoding off the engine and control threads, bounded: see sfbridge/prepare.py.
-        self.preparer = PrepareQueue(generator.prepare, self.box.wants_encoding)
+        self.preparer = PrepareQueue(self._recording("sfbridge-prepare", generator.prepare),
+                                     self._recording("sfbridge-prepare", self.box.wants_encoding))
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -142,6 +162,65 @@ class Daemon:
         log.info("serving %s %dx%d: control %s, frames %s", self.generator.name, self.generator.width,
                  self.generator.height, self.control.endpoint, self.publisher.endpoint)
         return self
+
+    # --- watching the threads ------------------------------------------------------------------------
+    # A thread that dies must take the daemon down (issue 11): a daemon without its publisher answers
+    # `ping` but sends no frame, one without its control thread streams but cannot be steered.
+
+    def threads(self) -> list[threading.Thread]:
+        """Every thread the daemon cannot run without. The decode worker (overlapped generators) is not
+        here: its failures come back through each block's future and restart the scene (engine.py)."""
+        return [self.engine.thread, self.control.thread, self.publisher.thread, self.preparer.thread]
+
+    def _recording(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn``, noting what it raises past the thread's own handlers (a BaseException) as ``name``'s death."""
+        def call(*args: Any) -> Any:
+            try:
+                return fn(*args)
+            except Exception:
+                raise
+            except BaseException as exc:
+                self.failures.setdefault(name, exc)
+                raise
+        return call
+
+    def failure(self, name: str) -> BaseException | None:
+        """What killed thread ``name``, when it is known (engine, control and publisher note their own)."""
+        owner = {self.engine.thread.name: self.engine, self.control.thread.name: self.control,
+                 self.publisher.thread.name: self.publisher}.get(name)
+        return self.failures.get(name) or getattr(owner, "failure", None)
+
+    def dead_thread(self) -> str | None:
+        """The name of a daemon thread that ended although nobody stopped the daemon, else None."""
+        if self.stopped.is_set() or self.box.stopping:
+            return None
+        dead = next((t.name for t in self.threads() if t.ident is not None and not t.is_alive()), None)
+        return dead or (None if self.access.alive() else ZAP_THREAD)
+
+    def die(self, name: str) -> int:
+        """Report the dead thread ``name`` (log, and an `error` event while the publisher can still send it),
+        stop, and return EXIT_THREAD_DIED: the daemon never runs on as a zombie."""
+        exc = self.failure(name)
+        what = f"{type(exc).__name__}: {exc}" if exc is not None else "ended without an exception"
+        log.error("thread %s died (%s): stopping the daemon, exit code %d", name, what, EXIT_THREAD_DIED)
+        if self.publisher.thread.is_alive():
+            self._emit(make_event("error", code="internal", thread=name,
+                                  message=f"daemon thread {name} died ({what[:200]}); the daemon exits"))
+            deadline = time.monotonic() + DEATH_NOTICE_S
+            while not self.events.empty() and time.monotonic() < deadline and self.publisher.thread.is_alive():
+                time.sleep(0.01)
+            time.sleep(0.05)  # taken from the queue is not yet sent: one publisher loop turn
+        self.stop()
+        return EXIT_THREAD_DIED
+
+    def wait(self, stop: threading.Event) -> int:
+        """Serve until ``stop`` is set (-> 0) or a thread dies (-> EXIT_THREAD_DIED); the daemon is stopped."""
+        while not stop.wait(WATCH_PERIOD_S):
+            dead = self.dead_thread()
+            if dead is not None:
+                return self.die(dead)
+        self.stop()
+        return 0
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.stopped.is_set():
@@ -272,9 +351,9 @@ class Daemon:
         }
 
 
-def serve(config: DaemonConfig) -> int:
-    """Run the daemon until SIGINT/SIGTERM. Returns the process exit code."""
-    daemon = Daemon(config).start()
+def serve(config: DaemonConfig, generator: Generator | None = None) -> int:
+    """Run the daemon until SIGINT/SIGTERM (-> 0) or until one of its threads dies (-> EXIT_THREAD_DIED)."""
+    daemon = Daemon(config, generator).start()
     stop = threading.Event()
     signals = {"count": 0}
 
@@ -288,12 +367,4 @@ def serve(config: DaemonConfig) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    while not stop.wait(0.5):
-        if not daemon.engine.thread.is_alive():
-            log.error("engine thread ended unexpectedly")
-            break
-        if not daemon.access.alive():
-            log.error("the CURVE authenticator (ZAP) thread ended unexpectedly: stopping rather than run unguarded")
-            break
-    daemon.stop()
-    return 0
+    return daemon.wait(stop)

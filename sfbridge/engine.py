@@ -96,6 +96,7 @@ class Engine:
         self._was_paused = False
         self._retry_at = 0.0  # monotonic time before which no block starts (after a failed decode)
         self._failed_stream: str | None = None  # scene whose decode failed: one error event per scene
+        self.failure: BaseException | None = None  # what killed the thread, if it died (daemon.py watches)
         self.thread = threading.Thread(target=self.run, name="sfbridge-engine", daemon=True)
 
     def start(self) -> None:
@@ -124,9 +125,9 @@ class Engine:
                 if snap.due is not None:
                     self.on_due(snap.due)
                 self._step(snap)
-        except BaseException:  # pragma: no cover - last line of defence, logged for the operator
+        except BaseException as exc:  # last line of defence: the daemon's watch reports it and exits
+            self.failure = exc
             log.exception("engine thread died")
-            self._emit(make_event("error", code="internal", message="engine thread died"))
         finally:
             try:
                 self.generator.close()

@@ -14,6 +14,19 @@ from typing import Any
 
 import msgpack
 
+from sfbridge import values
+from sfbridge.values import (  # noqa: F401 - re-exported: clients and the CLI import the limits from here
+    INTERPS,
+    MAX_AT_BLOCK,
+    MAX_AT_PTS,
+    MAX_BLEND_BLOCKS,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MIXES,
+    TRANSITIONS,
+    InvalidValue,
+)
+
 PROTOCOL_VERSION = 1
 
 DEFAULT_CONTROL = "tcp://127.0.0.1:5555"  # ROUTER: requests and replies
@@ -21,19 +34,13 @@ DEFAULT_FRAMES = "tcp://127.0.0.1:5556"  # XPUB: frames and events
 
 MAX_REQUEST_BYTES = 65536  # larger requests get a `too_large` error reply
 MAX_SOCKET_MESSAGE_BYTES = 1 << 20  # ZMQ_MAXMSGSIZE on the ROUTER: libzmq drops such peers
-MAX_PROMPT_CHARS = 4000
-MAX_SEED = 2**63 - 1
-MAX_BLEND_BLOCKS = 64
 MAX_WEIGHTED_PROMPTS = 8  # entries of a `prompts` list
-MAX_AT_BLOCK = 2**31 - 1  # fits a C# int; ~50 years of video at 0.75 s per block
-MAX_AT_PTS = 1e8  # seconds (~3 years); its block is below MAX_AT_BLOCK
 MAX_SCHEDULED = 256  # scheduled changes pending at once; more -> `too_large`
 
 FRAME_FORMATS = ("jpeg", "rgb24")
 EVENT_TOPIC = "event"
-TRANSITIONS = ("cut", "blend")
-INTERPS = ("linear", "slerp")  # path of a blend from the conditioning on screen to the new one
-MIXES = ("linear", "slerp")  # how a weighted `prompts` list combines; slerp takes exactly 2 entries
+# TRANSITIONS; INTERPS: path of a blend from the conditioning on screen to the new one; MIXES: how a
+# weighted `prompts` list combines (slerp takes exactly 2 entries). Value limits live in sfbridge/values.py.
 
 ERROR_CODES = (
     "bad_msgpack",
@@ -159,31 +166,28 @@ def _tname(types: type | tuple[type, ...]) -> str:
                        for t in ts)
 
 
+def _checked(check: Any, value: Any, name: str, op: str) -> Any:
+    """``check(value, name)`` from sfbridge/values.py; its refusal becomes an ``invalid_value`` reply with
+    the very message the CLI and the environment variables give."""
+    try:
+        return check(value, name)
+    except InvalidValue as exc:
+        raise ProtocolError("invalid_value", f"op {op!r}: {exc}") from None
+
+
 def _prompt_text(text: str, field: str, op: str) -> str:
-    text = text.strip()
-    if not text:
-        raise ProtocolError("invalid_value", f"field {field!r} of op {op!r} must not be empty")
-    if len(text) > MAX_PROMPT_CHARS:
-        raise ProtocolError(
-            "invalid_value", f"field {field!r} of op {op!r} has {len(text)} chars, max {MAX_PROMPT_CHARS}"
-        )
-    return text
+    return _checked(values.prompt, text, field, op)
 
 
 def _seed(value: int, op: str) -> int:
-    if not 0 <= value <= MAX_SEED:
-        raise ProtocolError("invalid_value", f"seed of op {op!r} must be in 0..2^63-1, got {value}")
-    return value
+    return _checked(values.seed, value, "seed", op)
 
 
 def _choice(m: dict, name: str, choices: tuple[str, ...], default: str, op: str) -> str:
     value = _field(m, name, str, False, op)
     if value is None:
         return default
-    if value not in choices:  # "" too: an empty string is a client bug, not "the default"
-        raise ProtocolError("invalid_value", f"field {name!r} of op {op!r} must be one of "
-                            f"{', '.join(choices)}, got {value[:64]!r}")
-    return value
+    return _checked(lambda v, n: values.choice(v, n, choices), value, name, op)
 
 
 def _number(value: Any, name: str, op: str) -> float:
@@ -201,14 +205,10 @@ def parse_schedule(m: dict, op: str) -> Schedule:
     if at_block is not None and at_pts is not None:
         raise ProtocolError("bad_request", f"op {op!r} takes at_block or at_pts, not both "
                             f"(got at_block={at_block}, at_pts={at_pts})")
-    if at_block is not None and not 0 <= at_block <= MAX_AT_BLOCK:
-        raise ProtocolError("invalid_value", f"field 'at_block' of op {op!r} must be in 0..{MAX_AT_BLOCK}, "
-                            f"got {at_block}")
+    if at_block is not None:
+        at_block = _checked(values.at_block, at_block, "at_block", op)
     if at_pts is not None:
-        at_pts = _number(at_pts, "field 'at_pts'", op)
-        if not 0 <= at_pts <= MAX_AT_PTS:
-            raise ProtocolError("invalid_value", f"field 'at_pts' of op {op!r} must be in 0..{MAX_AT_PTS:.0e} "
-                                f"seconds, got {at_pts}")
+        at_pts = _checked(values.at_pts, _number(at_pts, "field 'at_pts'", op), "at_pts", op)
     return Schedule(at_block=at_block, at_pts=at_pts)
 
 
@@ -249,10 +249,7 @@ def _parse_prompt(m: dict) -> Prompt:
     interp = _choice(m, "interp", INTERPS, "linear", "prompt")
     mix = _choice(m, "mix", MIXES, "linear", "prompt")
     blend = _field(m, "blend_blocks", int, False, "prompt")
-    blend = 4 if blend is None else blend
-    if not 1 <= blend <= MAX_BLEND_BLOCKS:
-        raise ProtocolError("invalid_value", f"field 'blend_blocks' of op 'prompt' must be in 1..{MAX_BLEND_BLOCKS}, "
-                            f"got {blend}")
+    blend = 4 if blend is None else _checked(values.blend_blocks, blend, "blend_blocks", "prompt")
     recache = _field(m, "recache", bool, False, "prompt")
     schedule = parse_schedule(m, "prompt")
     if has_text:
@@ -275,16 +272,11 @@ def _parse_seed(m: dict) -> Seed:
 
 def _parse_steps(m: dict) -> Steps:
     steps = _field(m, "steps", list, True, "steps")
-    if not 1 <= len(steps) <= 4:
-        raise ProtocolError("invalid_value", f"field 'steps' of op 'steps' must hold 1 to 4 values, got {len(steps)}")
     for s in steps:
         if isinstance(s, bool) or not isinstance(s, int):
             raise ProtocolError("bad_request",
                                 f"field 'steps' of op 'steps' must hold integers, got {type(s).__name__}")
-        if not 1 <= s <= 1000:
-            raise ProtocolError("invalid_value", f"each step of op 'steps' must be in 1..1000, got {s}")
-    if any(a <= b for a, b in zip(steps, steps[1:], strict=False)):
-        raise ProtocolError("invalid_value", f"field 'steps' of op 'steps' must be strictly decreasing, got {steps}")
+    steps = _checked(values.steps, steps, "steps", "steps")
     return Steps(steps=tuple(steps), schedule=parse_schedule(m, "steps"))
 
 

@@ -176,7 +176,8 @@ class Publisher:
     def _run_safe(self) -> None:
         try:
             self._run()
-        except Exception:  # pragma: no cover
+        except Exception as exc:  # the daemon's watch (daemon.py) reports it and exits non-zero
+            self.failure = exc
             log.exception("publisher thread died")
         finally:
             self._send_stopping()
