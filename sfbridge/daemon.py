@@ -137,7 +137,8 @@ class Daemon:
         self.publisher = Publisher(self.ctx, config.frames, self.box, self.outbox, self.events,
                                    self.engine_stats, make_encoders(config.jpeg_quality), fps=generator.fps,
                                    pace=config.pace, sndhwm=config.sndhwm, notify_engine=lambda: self.engine.notify(),
-                                   state_info=self.state_info, access=self.access)
+                                   state_info=self.state_info, access=self.access,
+                                   transport_info=lambda: self.control.counters())
         self.engine = Engine(generator, self.box, self.outbox, self.events, max_ahead=config.max_ahead,
                              stats=self.engine_stats, on_output=self.publisher.wake,
                              on_due=lambda c: self.preparer.submit(c.texts, c.state_id, settle=False))

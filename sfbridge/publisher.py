@@ -16,21 +16,23 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import zmq
 
+from sfbridge import transport
 from sfbridge.engine import BlockOut, EngineStats
 from sfbridge.protocol import EVENT_TOPIC, FRAME_FORMATS, frame_header, make_event, pack
 from sfbridge.security import ServerAccess
 from sfbridge.steering import SteeringBox
+from sfbridge.subscriptions import Subscriptions
 
 log = logging.getLogger("sfbridge.io.publisher")
 
 STATS_PERIOD_S = 1.0
 SNDBUF_BYTES = 1 << 16
-STOP_FLUSH_S = 1.0  # how long shutdown waits for the `stopping` event to reach every subscriber
+STOP_FLUSH_S = 2.0  # how long shutdown waits for the `stopping` event to reach every subscriber
 EVENT_WAIT_S = 0.05  # how long one batch of events may wait for room in a slow event subscriber's queue
 
 
@@ -42,7 +44,6 @@ def formats_for(subscriptions: dict) -> list[str]:
 
 @dataclass
 class PublisherStats:
-    subscribers: dict[str, int] = field(default_factory=dict)
     frames_published: int = 0
     dropped_blocks: int = 0
 
@@ -51,7 +52,8 @@ class Publisher:
     def __init__(self, ctx: zmq.Context, endpoint: str, box: SteeringBox, outbox: queue.Queue,
                  events: queue.Queue, engine_stats: EngineStats, encoders: dict, fps: float,
                  pace: str = "native", sndhwm: int = 4, notify_engine: Callable[[], None] = lambda: None,
-                 state_info: Callable[[], dict] = dict, access: ServerAccess | None = None) -> None:
+                 state_info: Callable[[], dict] = dict, access: ServerAccess | None = None,
+                 transport_info: Callable[[], dict] = dict) -> None:
         self.box, self.outbox, self.events = box, outbox, events
         self.engine_stats = engine_stats
         self.encoders = encoders
@@ -59,9 +61,9 @@ class Publisher:
         self.pace = pace
         self.notify_engine = notify_engine
         self.state_info = state_info  # -> keys of the `state` event (docs/PROTOCOL.md 3.2)
+        self.transport_info = transport_info  # -> the control socket's counters for stats.transport
         self.stats = PublisherStats()
         self.stop_event = threading.Event()
-        self._subs: dict[bytes, int] = defaultdict(int)
         self._last: tuple[np.ndarray, dict] | None = None  # last raw frame and its header
         self._enc_time: dict[str, list[float]] = defaultdict(list)
         self._published_times: list[float] = []
@@ -69,11 +71,17 @@ class Publisher:
         # sent under it after checking the flag, so no publish starts once the pause reply is sent.
         self.gate = threading.Lock()
         self.last_seq: int | None = None  # seq of the last frame published (all formats sent)
+        transport.prepare_process()  # the daemon's first socket: raise the open-file limit before any
         self.sock = ctx.socket(zmq.XPUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, sndhwm)
         self.sock.setsockopt(zmq.SNDBUF, SNDBUF_BYTES)
         self.sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscription: we count them
+        # Manual: libzmq applies a subscription only when we do (Subscriptions.on_message), so an invalid
+        # or surplus topic never reaches its matching trie.
+        self.sock.setsockopt(zmq.XPUB_MANUAL, 1)
+        transport.harden(self.sock, transport.STREAM_MAX_FRAME_BYTES)
+        self.subs = Subscriptions(self.sock, self._on_new_topic)
         self.endpoint = (access or ServerAccess()).bind(self.sock, endpoint)  # CURVE when on, ipc file 0600
         self.last_rates = self._rates()  # refreshed by the publisher thread each period; read by `status`
         # A self-pipe the engine writes one byte to per block: the poll below wakes at once instead
@@ -100,23 +108,19 @@ class Publisher:
     # --- subscriptions ---------------------------------------------------------------------------
 
     def wanted_formats(self) -> list[str]:
-        return formats_for(self._subs)
+        return formats_for(self.subs.counts)
 
-    def _on_subscription(self, msg: bytes) -> None:
-        if not msg:
-            return
-        topic = bytes(msg[1:])
-        if msg[0] == 1:
-            self._subs[topic] += 1
-            self._resend_last(topic)
-            if EVENT_TOPIC.encode().startswith(topic):  # late joiner: tell it where the stream stands
-                self._send_event(make_event("state", **self.state_info()))
-        elif msg[0] == 0:
-            self._subs[topic] = max(0, self._subs[topic] - 1)
+    def _on_new_topic(self, topic: bytes) -> None:
+        """A connection subscribed to a topic: a late joiner gets the last frame and the `state` event, once
+        per loop turn however many subscriptions arrived (Subscriptions._resend_due)."""
+        self._resend_last(topic)
+        if EVENT_TOPIC.encode().startswith(topic):  # late joiner: tell it where the stream stands
+            self._send_event(make_event("state", **self.state_info()))
+
+    def _read_subscriptions(self) -> None:
+        if self.subs.read_batch():
             for fmt in set(self._enc_time) - set(self.wanted_formats()):  # nobody reads it: no stale timing
                 del self._enc_time[fmt]
-        self.stats.subscribers = {t.decode("utf-8", "replace"): c for t, c in self._subs.items() if c > 0}
-        log.debug("subscriptions now %s", self.stats.subscribers)
 
     def _resend_last(self, prefix: bytes) -> None:
         if self._last is None:
@@ -181,6 +185,7 @@ class Publisher:
             log.exception("publisher thread died")
         finally:
             self._send_stopping()
+            self.subs.stop()
             # Linger: close() must not discard the `stopping` event still queued in libzmq's pipes.
             self.sock.close(linger=int(STOP_FLUSH_S * 1000))
             os.close(self._wake_r)
@@ -197,7 +202,7 @@ class Publisher:
             while True:
                 try:
                     self.sock.send_multipart([*body, b""], flags=zmq.NOBLOCK)
-                    log.info("stopping event sent to %d subscription(s)", sum(self._subs.values()))
+                    log.info("stopping event sent to %d connection(s)", len(self.subs.peers.peers))
                     return
                 except zmq.Again:
                     if time.monotonic() > deadline:
@@ -212,6 +217,7 @@ class Publisher:
     def _run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.subs.peers.monitor, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         blk: BlockOut | None = None
         pos = 0
@@ -232,12 +238,7 @@ class Publisher:
                     os.read(self._wake_r, 4096)
                 except BlockingIOError:
                     pass
-            if self.sock in ready:
-                while True:
-                    try:
-                        self._on_subscription(self.sock.recv(zmq.NOBLOCK))
-                    except zmq.Again:
-                        break
+            self._read_subscriptions()  # bounded per turn: a flood cannot hold the frames back
             self._send_events()
             if blk is not None and blk.stream != self.box.stream:  # reset: drop the old scene
                 self.stats.dropped_blocks += 1
@@ -318,13 +319,14 @@ class Publisher:
     def snapshot(self) -> dict:
         """The stats map (docs/PROTOCOL.md 3.3), from any thread: rates of the last period, counters live."""
         es = self.engine_stats
-        subscribers = dict(self.stats.subscribers)  # replaced, never mutated, by the publisher thread
+        subscribers = self.subs.subscribers  # replaced, never mutated, by the publisher thread
         wanted = formats_for(subscribers)
         rates = {**self.last_rates,
                  "encode_ms": {f: ms for f, ms in self.last_rates["encode_ms"].items() if f in wanted}}
         return {**rates, "subscribers": subscribers, "queue_blocks": self.outbox.qsize(),
                 "frames_total": es.frames_total, "frames_published": self.stats.frames_published,
-                "dropped_blocks": self.stats.dropped_blocks, "errors": es.errors}
+                "dropped_blocks": self.stats.dropped_blocks, "errors": es.errors,
+                "transport": {**self.subs.counters(), **self.transport_info()}}
 
     def _rates(self) -> dict:
         """Rates over the last period (publisher thread: it trims the window of publish times)."""
