@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generator: testsrc, tiny, self-forcing, or auto (self-forcing when its files and a "
                         "CUDA GPU are there, else testsrc with a warning) [$SFBRIDGE_MODEL or auto]")
     _add_endpoints(p, frames=True, timeout=False)
+    p.add_argument("--input", default=None, metavar="ENDPOINT",
+                   help="input endpoint (SUB, bound): game frames for v2v [$SFBRIDGE_INPUT or tcp://127.0.0.1:5557; "
+                        "that default, when taken, only warns]")
     p.add_argument("--width", type=int_range(2), default=None,
                    help="frame width, even (testsrc: 16..8192, default 832; tiny/self-forcing: multiple of 16)")
     p.add_argument("--height", type=int_range(2), default=None, help="frame height, even (testsrc default 480)")
@@ -231,7 +234,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     options = model_options(a)
     try:
-        config = DaemonConfig(model=a.model, control=a.control, frames=a.frames,
+        config = DaemonConfig(model=a.model, control=a.control, frames=a.frames, input=a.input,
                               prompt=a.prompt or DEFAULT_PROMPT, seed=a.seed, jpeg_quality=a.jpeg_quality,
                               pace=a.pace, sndhwm=a.sndhwm, model_options=options)
         return serve(config)

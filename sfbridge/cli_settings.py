@@ -134,6 +134,13 @@ def apply_environment(a: argparse.Namespace) -> None:
             check_distinct(found["control"], found["frames"])
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    if getattr(a, "command", None) == "serve" and hasattr(a, "input"):
+        from sfbridge.endpoints import serve_input
+
+        try:
+            a.input = serve_input(a.input, found)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     timeout = getattr(a, "timeout", 1.0)
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise UsageError(f"--timeout must be a positive number of seconds, got {timeout:g}")

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 
-from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES
+from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES, DEFAULT_INPUT
 
 SCHEMES = ("tcp", "ipc", "inproc")
-ENV = {"control": "SFBRIDGE_CONTROL", "frames": "SFBRIDGE_FRAMES"}
-DEFAULTS = {"control": DEFAULT_CONTROL, "frames": DEFAULT_FRAMES}
+ENV = {"control": "SFBRIDGE_CONTROL", "frames": "SFBRIDGE_FRAMES", "input": "SFBRIDGE_INPUT"}
+DEFAULTS = {"control": DEFAULT_CONTROL, "frames": DEFAULT_FRAMES, "input": DEFAULT_INPUT}
 ACCEPTED = "use tcp://HOST:PORT (port 1..65535), ipc://PATH or inproc://NAME"
 
 
@@ -46,7 +46,7 @@ def check_endpoint(value: str, label: str) -> str:
 
 
 def resolve_endpoint(name: str, value: str | None, label: str | None = None) -> tuple[str, str]:
-    """``(endpoint, label)`` for ``name`` ("control" or "frames"), validated.
+    """``(endpoint, label)`` for ``name`` ("control", "frames" or "input"), validated.
 
     An explicit ``value`` wins (reported as ``label``, default ``name``); otherwise the
     ``SFBRIDGE_CONTROL`` / ``SFBRIDGE_FRAMES`` variable; otherwise the protocol default.
@@ -65,3 +65,16 @@ def check_distinct(control: tuple[str, str], frames: tuple[str, str]) -> None:
     if control[0] == frames[0]:
         raise ValueError(f"{control[1]} and {frames[1]} are both {control[0]!r}; "
                          "control and frames need two different endpoints")
+
+
+def serve_input(value: str | None, others: dict[str, tuple[str, str]]) -> str | None:
+    """``serve``'s input endpoint: ``value`` (``--input``) or ``$SFBRIDGE_INPUT``, checked and distinct from
+    ``others`` (control, frames); None when neither is set: the daemon then binds the default if it is free."""
+    if value is None and not os.environ.get(ENV["input"]):
+        return None
+    endpoint, label = resolve_endpoint("input", value, "--input")
+    for name, (other, other_label) in others.items():
+        if endpoint == other:
+            raise ValueError(f"{label} and {other_label} are both {endpoint!r}; input and {name} need two "
+                             "different endpoints")
+    return endpoint

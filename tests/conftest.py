@@ -31,6 +31,11 @@ def endpoints() -> tuple[str, str]:
     return f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
 
 
+def input_endpoint() -> str:
+    """A free input endpoint: tests never bind the default 5557 (other daemons may run)."""
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
 @pytest.fixture
 def make_daemon():
     """Factory for in-process daemons (testsrc by default, small frames); all stopped at teardown."""
@@ -39,6 +44,7 @@ def make_daemon():
     def factory(**kw) -> Daemon:
         control, frames = endpoints()
         opts = {"width": 160, "height": 96, **kw.pop("model_options", {})}
+        kw.setdefault("input", input_endpoint())
         cfg = DaemonConfig(control=control, frames=frames, model_options=opts, **kw)
         d = Daemon(cfg).start()
         started.append(d)
