@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from sfbridge.cli_settings import UsageError, float_min, int_range, one_of, weight_value
+from sfbridge.input_frames import DEFAULT_STRENGTH, INPUT_MODES, input_args
 from sfbridge.protocol import MAX_BLEND_BLOCKS
 from sfbridge.steering_args import INTERPS, MAX_WEIGHTED_PROMPTS, MIXES, prompt_args, schedule_args
 
@@ -92,6 +93,41 @@ def prompt_request(a: argparse.Namespace) -> dict[str, Any]:
         pairs = list(zip(texts, weights or [1.0] * len(texts), strict=True))
         return prompt_args(prompts=pairs, **kw)
     except ValueError as exc:  # what the checks above do not cover, e.g. a prompt over 4000 characters
+        text = str(exc)
+        raise UsageError(f"--{text.replace('_', '-', 1)}" if text.startswith("at_") else text) from None
+
+
+def strength_value(text: str) -> float:
+    """A v2v strength: a number in 0..1 (1 = text-to-video, lower keeps more of the input)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in 0..1, got {text!r}")
+    return value
+
+
+def add_input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mode", type=one_of(*INPUT_MODES), metavar="{" + ",".join(INPUT_MODES) + "}",
+                   help="v2v: restyle the frames games send to the input socket; off: text-to-video only")
+    p.add_argument("--strength", type=strength_value, default=None, metavar="S",
+                   help=f"v2v noise strength 0..1: 1 ignores the input, lower follows it more [{DEFAULT_STRENGTH}]")
+    p.add_argument("--motion-adaptive", action="store_true",
+                   help="v2v: lower the strength while the input moves a lot")
+    add_schedule_options(p)
+
+
+def input_request(a: argparse.Namespace) -> dict[str, Any]:
+    """The ``input`` request fields; options that mean nothing with ``off`` are warned about."""
+    if a.mode == "off":
+        for name, given in (("--strength", a.strength is not None), ("--motion-adaptive", a.motion_adaptive)):
+            if given:
+                log.warning("%s has no effect with mode off", name)
+    strength = DEFAULT_STRENGTH if a.strength is None else a.strength
+    try:
+        return input_args(a.mode, strength, a.motion_adaptive, a.at_block, a.at_pts)
+    except ValueError as exc:  # past the protocol's scheduling limits
         text = str(exc)
         raise UsageError(f"--{text.replace('_', '-', 1)}" if text.startswith("at_") else text) from None
 
