@@ -40,7 +40,23 @@ def test_prompt_schedule(serve):
     assert "sent    state" in res.stdout and "applied state" in res.stdout, res.stdout
 
 
-@pytest.mark.parametrize("name", ["pygame_background.py", "prompt_schedule.py"])
+def test_pygame_v2v():
+    """The game's own render goes in (v2v), the restyled stream comes out made from it (header `input`)."""
+    inp = f"tcp://127.0.0.1:{free_port()}"
+    proc = ServeProcess("--model", "testsrc", "--width", "192", "--height", "112", "--input", inp)
+    try:
+        res = run_example("pygame_v2v.py", "--control", proc.control, "--frames", proc.frames, "--input", inp,
+                          "--seconds", "4", "--headless")
+    finally:
+        proc.stop()
+    assert res.returncode == 0, res
+    assert "v2v on from block" in res.stdout, res.stdout
+    made = int(res.stdout.split("made from our input:")[1].split(",")[0])
+    sent = int(res.stdout.split("renders sent:")[1].split(",")[0])
+    assert made > 0 and 0 < sent <= 4 * 16 + 2, res.stdout  # <= 16 renders per second leave
+
+
+@pytest.mark.parametrize("name", ["pygame_background.py", "prompt_schedule.py", "pygame_v2v.py"])
 def test_examples_without_daemon_exit_3(name):
     res = run_example(name, "--control", f"tcp://127.0.0.1:{free_port()}", "--frames",
                       f"tcp://127.0.0.1:{free_port()}", "--seconds", "1", "--headless")
