@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,6 +153,9 @@ class Client:
         self.ctx = context or zmq.Context.instance()
         self._ids = itertools.count(1)
         self._sock: zmq.Socket | None = None
+        # One routing id for every socket this client opens: the daemon knows a retry on a new socket
+        # for the same request (docs/PROTOCOL.md "Retries"). A leading zero byte is reserved by libzmq.
+        self._routing_id = b"sfb" + os.urandom(13)
 
     # --- control ---------------------------------------------------------------------------------
 
@@ -159,6 +163,7 @@ class Client:
         if self._sock is None:
             sock = self.ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTING_ID, self._routing_id)
             sock.connect(self.control_endpoint)
             self._sock = sock
         return self._sock

@@ -25,6 +25,7 @@ from sfbridge.protocol import (
     error_reply,
     ok_reply,
 )
+from sfbridge.retries import ReplyCache
 from sfbridge.security import ServerAccess
 
 log = logging.getLogger("sfbridge.io.control")
@@ -38,10 +39,12 @@ class ControlServer:
         self.stop_event = threading.Event()
         self.requests = 0
         self.errors = 0
+        self.retries = ReplyCache()  # a retried request gets its first reply, is not applied twice
         self.replies_dropped = 0  # the peer's queue was full (it does not read) or it had gone
         self.refusals = transport.RefusalLog(log)
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a client reconnecting with its routing id takes it over
         self.sock.setsockopt(zmq.SNDHWM, 1000)
         # Mandatory: a reply that cannot be queued raises instead of vanishing, so it is counted.
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -113,7 +116,7 @@ class ControlServer:
             reply = error_reply(None, "bad_request",
                                 f"a request is exactly one frame after the envelope, got {body_frames}")
         else:
-            reply = self.handle_body(rest[0])
+            reply = self.retries.answer(identity, rest[0], self.handle_body)
         try:
             self.sock.send_multipart([*envelope, reply], flags=zmq.NOBLOCK)
         except (zmq.Again, zmq.ZMQError) as exc:  # EAGAIN: its queue is full; EHOSTUNREACH: it has gone

@@ -246,3 +246,72 @@ def test_serve_exits_non_zero_when_the_engine_thread_dies():
                        timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == EXIT_THREAD_DIED, r.stderr[-3000:]
     assert "thread sfbridge-engine died (Doomed: injected engine death)" in r.stderr, r.stderr[-3000:]
+
+
+# --- 3. retried requests apply once -------------------------------------------------------------------------
+
+
+def test_the_same_request_id_twice_applies_once(wire):
+    first = wire("prompt", rid=7, text="a red desert")
+    again = wire("prompt", rid=7, text="a red desert")  # a Lazy Pirate retry: same peer, id and body
+    assert first["ok"] and again == first
+    after = wire("prompt", rid=8, text="a blue ocean")
+    assert after["result"]["state_id"] == first["result"]["state_id"] + 1  # the retry made no change
+    reused = wire("prompt", rid=7, text="a green forest")  # same id, new body: a new request
+    assert reused["result"]["state_id"] == after["result"]["state_id"] + 1
+    assert wire.daemon.box.peek().prompt == "a green forest"
+    assert wire("status", rid=9)["ok"] and wire("status", rid=9)["ok"]  # reads are not remembered
+
+
+def test_a_retry_on_a_new_socket_through_a_stalled_control_thread_applies_once(make_daemon):
+    """The Python client's retry (new socket, same routing id) reaches a daemon whose control thread was
+    stuck in a request: the daemon handles the first copy, answers the second from memory."""
+    from sfbridge.client import Client
+    from sfbridge.protocol import Prompt
+
+    d = make_daemon()
+    handle, release, prompts = d.control.handler, threading.Event(), []
+
+    def stalling(req):
+        if isinstance(req, Prompt):
+            prompts.append(req.text)
+            release.wait(10)  # the control thread is stuck: the client times out and retries
+        return handle(req)
+
+    d.control.handler = stalling
+    before = d.box.peek().state_id
+    timer = threading.Timer(1.2, release.set)  # after the client's 2nd attempt was sent
+    timer.start()
+    with Client(control=d.config.control, timeout=0.5, retries=5) as c:
+        result = c.set_prompt("a stalled prompt")
+        deadline = time.monotonic() + 5
+        while d.control.retries.retries_answered < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    timer.cancel()
+    assert prompts == ["a stalled prompt"], prompts  # handled once, though sent at least twice
+    assert d.control.retries.retries_answered >= 1
+    assert result["state_id"] == before + 1 and d.box.peek().state_id == before + 1
+
+
+def test_remembered_replies_are_bounded_and_expire():
+    from sfbridge.retries import ReplyCache
+
+    calls = []
+
+    def handle(body: bytes) -> bytes:
+        calls.append(body)
+        return b"reply-%d" % len(calls)
+
+    cache = ReplyCache(window_s=0.2, max_per_peer=4, max_total=10)
+    bodies = [msgpack.packb({"op": "seed", "id": i, "seed": i}) for i in range(100)]
+    for b in bodies:  # one hostile peer: only its newest 4 are kept
+        cache.answer(b"peer-a", b, handle)
+    assert len(cache) == 4
+    for p in range(20):  # many peers: 10 in all
+        cache.answer(b"peer-%d" % p, bodies[0], handle)
+    assert len(cache) == 10
+    n = len(calls)
+    assert cache.answer(b"peer-19", bodies[0], handle) == b"reply-%d" % n and len(calls) == n  # remembered
+    time.sleep(0.25)
+    cache.answer(b"peer-19", bodies[0], handle)
+    assert len(calls) == n + 1 and len(cache) == 1  # expired: handled again, the rest forgotten
