@@ -23,7 +23,7 @@ from collections.abc import Callable
 import zmq
 
 from sfbridge.generators.base import InputBlock
-from sfbridge.input_buffer import REASONS, BadInput, InputRing, decode, parse_header, peek_client
+from sfbridge.input_buffer import REASONS, BadInput, InputRing, check_payload, decode, parse_header, peek_client
 from sfbridge.protocol import make_event
 
 log = logging.getLogger("sfbridge.io.input")
@@ -131,7 +131,7 @@ class InputServer:
             self.sock.close(linger=0)
 
     def _drain(self) -> None:
-        """Everything waiting: rate and header checks on each, decode only the newest valid one per client."""
+        """Everything waiting: rate, header and payload checks on each, decode only the newest valid one per client."""
         newest: dict[str, tuple] = {}
         while True:
             try:
@@ -166,7 +166,7 @@ class InputServer:
                     st.last_seq, st.last_t_cap = header.seq, header.t_cap
 
     def _admit(self, parts: list, now: float) -> tuple:
-        """Message shape, per-client rate, header: everything that needs no decode."""
+        """Message shape, per-client rate, header, payload size: everything that needs no decode."""
         if len(parts) != 2:
             client, seq = peek_client(parts[0].bytes) if parts else ("?", None)
             raise BadInput("bad_message", f"an input message is [header, payload], got {len(parts)} frame(s)",
@@ -180,6 +180,7 @@ class InputServer:
                            client, seq)
         st.times.append(now)
         header = parse_header(parts[0].bytes)
+        check_payload(header, parts[1].buffer)
         return header, parts[1].buffer
 
     def _client(self, client: str, now: float) -> ClientStats:

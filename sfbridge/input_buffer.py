@@ -126,27 +126,36 @@ def cover(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(out)
 
 
-def decode(header: InputHeader, payload: bytes | memoryview, width: int, height: int) -> np.ndarray:
-    """The payload as uint8 [height, width, 3] at the model size; raises :class:`BadInput`."""
+def check_payload(header: InputHeader, payload: bytes | memoryview) -> None:
+    """The checks that need no decode (rgb24 size, the JPEG's own header): run on every message, so a bad
+    frame is reported even when a newer one supersedes it before it would be decoded. Raises BadInput."""
     c, s = header.client, header.seq
     if header.format == "rgb24":
         want = header.w * header.h * 3
         if len(payload) != want:
             raise BadInput("payload_size", f"rgb24 {header.w}x{header.h} needs {want} bytes, got {len(payload)}",
                            c, s)
-        image = np.frombuffer(payload, dtype=np.uint8).reshape(header.h, header.w, 3)
-        return cover(image, width, height)
+        return
     try:
         jh, jw, _, _ = simplejpeg.decode_jpeg_header(payload)
     except Exception as e:
         raise BadInput("bad_jpeg", f"undecodable JPEG ({len(payload)} bytes): {e}", c, s) from None
     if (jw, jh) != (header.w, header.h):
         raise BadInput("payload_size", f"the JPEG is {jw}x{jh}, the header says {header.w}x{header.h}", c, s)
+
+
+def decode(header: InputHeader, payload: bytes | memoryview, width: int, height: int) -> np.ndarray:
+    """The payload as uint8 [height, width, 3] at the model size; raises :class:`BadInput`."""
+    check_payload(header, payload)
+    if header.format == "rgb24":
+        image = np.frombuffer(payload, dtype=np.uint8).reshape(header.h, header.w, 3)
+        return cover(image, width, height)
     try:
         # Decode at the smallest DCT scale that still covers the target (never below it): cheaper for big frames.
         image = simplejpeg.decode_jpeg(payload, colorspace="RGB", min_width=width, min_height=height)
     except Exception as e:
-        raise BadInput("bad_jpeg", f"undecodable JPEG ({len(payload)} bytes): {e}", c, s) from None
+        raise BadInput("bad_jpeg", f"undecodable JPEG ({len(payload)} bytes): {e}", header.client,
+                       header.seq) from None
     return cover(image, width, height)
 
 
@@ -196,7 +205,8 @@ class InputRing:
                 self._prev = None
                 return None
             newest = self._ring[-1]
-            mine = [e for e in self._ring if e.source[0] == newest.source[0]]
+            # the newest client's frames, none older than hold_s before the newest (a gap ends the old run)
+            mine = [e for e in self._ring if e.source[0] == newest.source[0] and newest.t - e.t <= self.hold_s]
             times = [e.t for e in mine]
             picks = []
             for i in range(n):
