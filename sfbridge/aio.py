@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -24,22 +25,28 @@ from sfbridge.client import (
     check_seed,
     client_endpoints,
     decode_frame,
+    no_frames_hint,
     reply_result,
     request_body,
+    secure,
     unavailable,
 )
 from sfbridge.protocol import EVENT_TOPIC, FRAME_FORMATS, unpack
+from sfbridge.security import client_keys
 from sfbridge.steering_args import PromptEntry, check_state_id, prompt_args, schedule_args, steps_args
 
 log = logging.getLogger("sfbridge.client")
 
 
 class AsyncClient:
-    """Endpoints resolve as for :class:`sfbridge.Client`: arguments, then ``SFBRIDGE_*``, then defaults."""
+    """Endpoints and CURVE keys resolve as for :class:`sfbridge.Client`: arguments, then ``SFBRIDGE_*``,
+    then defaults (no keys: NULL)."""
 
     def __init__(self, control: str | None = None, frames: str | None = None,
-                 timeout: float = REQUEST_TIMEOUT_S, retries: int = REQUEST_RETRIES) -> None:
+                 timeout: float = REQUEST_TIMEOUT_S, retries: int = REQUEST_RETRIES, *,
+                 server_key: str | os.PathLike | None = None, client_key: str | os.PathLike | None = None) -> None:
         self.control_endpoint, self.frames_endpoint = client_endpoints(control, frames)
+        self.keys = client_keys(server_key, client_key)
         self.timeout, self.retries = timeout, retries
         self.ctx = zmq.asyncio.Context.instance()
         self._ids = itertools.count(1)
@@ -49,6 +56,7 @@ class AsyncClient:
         if self._sock is None:
             self._sock = self.ctx.socket(zmq.DEALER)
             self._sock.setsockopt(zmq.LINGER, 0)
+            secure(self._sock, self.keys)
             self._sock.connect(self.control_endpoint)
         return self._sock
 
@@ -68,7 +76,7 @@ class AsyncClient:
                 if result is not None:
                     return result
             self._drop_socket()
-        raise unavailable(self.control_endpoint, self.retries, self.timeout)
+        raise unavailable(self.control_endpoint, self.retries, self.timeout, self.keys)
 
     async def status(self) -> dict:
         return await self.request("status")
@@ -112,12 +120,14 @@ class AsyncClient:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 4)
         sock.setsockopt(zmq.SUBSCRIBE, format.encode())
+        secure(sock, self.keys)
         sock.connect(self.frames_endpoint)
         seen = FrameKey()
         try:
             while True:
                 if not await sock.poll(None if timeout is None else int(timeout * 1000), zmq.POLLIN):
-                    raise DaemonUnavailable(f"no frames from {self.frames_endpoint} within {timeout} s")
+                    raise DaemonUnavailable(f"no frames from {self.frames_endpoint} within {timeout} s"
+                                            f"{no_frames_hint(self.keys)}")
                 msg = await sock.recv_multipart()
                 if latest_only:
                     while True:

@@ -2,7 +2,9 @@
 
 The settings a project pins once read ``SFBRIDGE_<NAME>`` environment variables as defaults:
 ``CONTROL`` and ``FRAMES`` (every command), ``LOG_LEVEL``, and for ``serve`` ``MODEL``, ``PROMPT``,
-``SEED``, ``PACE``, ``MODEL_DIR``. One-off arguments (a ``reset --seed``, say) deliberately do not.
+``SEED``, ``PACE``, ``MODEL_DIR``, ``CURVE_SECRET``, ``CURVE_ALLOW``; for client commands ``SERVER_KEY`` and
+``CLIENT_KEY`` (read by :class:`sfbridge.Client` itself). One-off arguments (a ``reset --seed``, say)
+deliberately do not.
 
 Values are checked and variables read in :mod:`sfbridge.cli_settings`. Anything a user can type
 ends in one ``error:`` line and a non-zero exit, never a traceback.
@@ -69,9 +71,39 @@ def _add_endpoints(p: argparse.ArgumentParser, frames: bool = False, timeout: bo
     p.add_argument("--control", default=None, help=ENDPOINT_HELP["control"])
     if frames:
         p.add_argument("--frames", default=None, help=ENDPOINT_HELP["frames"])
-    if timeout:
+    if timeout:  # a client command: it may need CURVE keys too
         p.add_argument("--timeout", type=float_min(0, False), default=2.0,
                        help="seconds per request try [%(default)s]")
+        add_key_options(p)
+
+
+def add_key_options(p: argparse.ArgumentParser) -> None:
+    """A client's CURVE settings (sfbridge/security.py); both or neither."""
+    p.add_argument("--server-key", metavar="FILE", default=None,
+                   help="the daemon's public key file (NAME.key) when it runs CURVE [$SFBRIDGE_SERVER_KEY]")
+    p.add_argument("--client-key", metavar="FILE", default=None,
+                   help="this client's key pair (NAME.key_secret from `sfbridge keygen`) [$SFBRIDGE_CLIENT_KEY]")
+
+
+def check_key_files(a: argparse.Namespace) -> None:
+    """Read a client command's key files once up front: a bad one is a usage error naming the option or variable."""
+    if not hasattr(a, "server_key"):
+        return
+    from sfbridge.security import AccessError, client_keys
+
+    try:
+        client_keys(a.server_key, a.client_key, labels=("--server-key", "--client-key"))
+    except AccessError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def key_name(text: str) -> str:
+    from sfbridge.security import AccessError, check_key_name
+
+    try:
+        return check_key_name(text)
+    except AccessError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default=None, metavar="ENDPOINT",
                    help="input endpoint (SUB, bound): game frames for v2v [$SFBRIDGE_INPUT or tcp://127.0.0.1:5557; "
                         "that default, when taken, only warns]")
+    p.add_argument("--curve-secret", metavar="FILE", default=None,
+                   help="CurveZMQ on every socket: the daemon's key pair (NAME.key_secret from `sfbridge keygen`); "
+                        "needs --curve-allow [$SFBRIDGE_CURVE_SECRET]")
+    p.add_argument("--curve-allow", metavar="DIR", default=None,
+                   help="directory of the client public keys (*.key) admitted; any other key gets nothing "
+                        "[$SFBRIDGE_CURVE_ALLOW]")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow binding beyond loopback/ipc without CURVE (a trusted network only, e.g. WireGuard); "
+                        "warned in the log and in status")
     p.add_argument("--width", type=int_range(2), default=None,
                    help="frame width, even (testsrc: 16..8192, default 832; tiny/self-forcing: multiple of 16)")
     p.add_argument("--height", type=int_range(2), default=None, help="frame height, even (testsrc default 480)")
@@ -181,6 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_endpoints(p, frames=True)
     p.set_defaults(func=cmd_record)
 
+    p = sub.add_parser("keygen", help="write a CurveZMQ key pair: NAME.key (public) and NAME.key_secret (0600)",
+                       description="Write NAME.key (z85 public key: give it to the other side) and NAME.key_secret "
+                                   "(both keys, mode 0600: keep it). A daemon uses its own as --curve-secret and "
+                                   "admits the clients' NAME.key files in --curve-allow DIR; a client uses the "
+                                   "daemon's NAME.key as --server-key and its own NAME.key_secret as --client-key.")
+    p.add_argument("name", type=key_name, metavar="NAME", help="file name without extension, e.g. daemon or laptop")
+    p.add_argument("--dir", default=".", help="where to write (created 0700 if missing) [%(default)s]")
+    p.add_argument("--force", action="store_true", help="replace existing key files")
+    p.set_defaults(func=cmd_keygen)
+
     for extra in _EXTRA_COMMANDS.values():
         extra(sub)
     # `sfbridge status --log-level debug` works too; SUPPRESS keeps a top-level --log-level when absent here.
@@ -231,13 +282,18 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     from sfbridge.daemon import DEFAULT_PROMPT, DaemonConfig, serve
     from sfbridge.generators import GeneratorError
+    from sfbridge.security import AccessError
 
     options = model_options(a)
     try:
         config = DaemonConfig(model=a.model, control=a.control, frames=a.frames, input=a.input,
                               prompt=a.prompt or DEFAULT_PROMPT, seed=a.seed, jpeg_quality=a.jpeg_quality,
-                              pace=a.pace, sndhwm=a.sndhwm, model_options=options)
+                              pace=a.pace, sndhwm=a.sndhwm, model_options=options, curve_secret=a.curve_secret,
+                              curve_allow=a.curve_allow, insecure=a.insecure)
         return serve(config)
+    except AccessError as exc:  # a refused bind or a bad key file: fails before any model loads
+        log.error("%s", exc)
+        return EXIT_USAGE
     except (GeneratorError, ValueError) as exc:
         log.error("%s", exc)
         return EXIT_ERROR
@@ -250,7 +306,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
 def _request(a: argparse.Namespace, op: str, **args: object) -> int:
     from sfbridge.client import Client, DaemonUnavailable, RequestError
 
-    with Client(control=a.control, timeout=a.timeout, retries=1) as client:
+    with Client(control=a.control, timeout=a.timeout, retries=1, server_key=a.server_key,
+                client_key=a.client_key) as client:
         try:
             result = client.request(op, **args)
         except DaemonUnavailable as exc:
@@ -269,7 +326,7 @@ def cmd_record(a: argparse.Namespace) -> int:
 
     try:
         result = record(a.output, seconds=a.seconds, control=a.control, frames=a.frames, fmt=a.format, crf=a.crf,
-                        wait=a.wait, timeout=a.timeout)
+                        wait=a.wait, timeout=a.timeout, server_key=a.server_key, client_key=a.client_key)
     except RecordError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -284,12 +341,26 @@ def cmd_record(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_keygen(a: argparse.Namespace) -> int:
+    from sfbridge.security import AccessError, keygen
+
+    try:
+        public, secret = keygen(a.name, a.dir, force=a.force)
+    except AccessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"public key: {public}  (give it to the other side)")
+    print(f"secret key: {secret}  (mode 0600: keep it here)")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _load_extra_commands()
     args = build_parser().parse_args(argv)
     try:
         apply_environment(args)
         configure_logging(args.log_level)
+        check_key_files(args)
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe fails here, inside the handler, not at interpreter exit
         return code

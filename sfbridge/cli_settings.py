@@ -102,8 +102,11 @@ ENV_SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "seed": (seed_value, 0),
     "pace": (pace_value, "native"),
     "model_dir": (str, None),
+    "curve_secret": (str, None),  # key files: read and checked by sfbridge/security.py, errors name the file
+    "curve_allow": (str, None),
 }
-SERVE_ONLY = ("model", "prompt", "seed", "pace", "model_dir")  # `reset --seed` does not read SFBRIDGE_SEED
+# `reset --seed` does not read SFBRIDGE_SEED
+SERVE_ONLY = ("model", "prompt", "seed", "pace", "model_dir", "curve_secret", "curve_allow")
 
 
 def apply_environment(a: argparse.Namespace) -> None:

@@ -22,6 +22,7 @@ import zmq
 from sfbridge.encoders import decode_jpeg
 from sfbridge.endpoints import check_distinct, resolve_endpoint
 from sfbridge.protocol import EVENT_TOPIC, FRAME_FORMATS, MAX_SEED, PROTOCOL_VERSION, pack, unpack
+from sfbridge.security import ClientKeys, client_keys
 from sfbridge.steering_args import PromptEntry, check_state_id, prompt_args, schedule_args, steps_args
 
 log = logging.getLogger("sfbridge.client")
@@ -75,9 +76,15 @@ def reply_result(reply: Any, rid: int) -> dict | None:
     raise RequestError(str(err.get("code", "internal")), str(err.get("message", "")))
 
 
-def unavailable(endpoint: str, retries: int, timeout: float) -> DaemonUnavailable:
+def unavailable(endpoint: str, retries: int, timeout: float, keys: ClientKeys | None = None) -> DaemonUnavailable:
+    hint = "is `sfbridge serve` running?"
+    if keys is not None:  # a refused CURVE handshake looks exactly like no daemon: say what to check
+        hint += (" With CURVE: is this client's public key in the daemon's --curve-allow DIR, and --server-key "
+                 "the daemon's NAME.key?")
+    else:
+        hint += " A daemon with CURVE answers only clients given --server-key and --client-key."
     return DaemonUnavailable(f"no reply from sfbridge daemon at {endpoint} after {retries} tries of "
-                             f"{timeout:.1f} s (is `sfbridge serve` running?)")
+                             f"{timeout:.1f} s ({hint})")
 
 
 class FrameKey:
@@ -126,6 +133,16 @@ def check_seed(seed: int) -> int:
     return seed
 
 
+def no_frames_hint(keys: ClientKeys | None) -> str:
+    return " (with CURVE: is this client's key admitted by the daemon?)" if keys is not None else ""
+
+
+def secure(sock: zmq.Socket, keys: ClientKeys | None) -> None:
+    """CURVE on ``sock`` when keys are set (before connect); else NULL, as a loopback daemon expects."""
+    if keys is not None:
+        keys.apply(sock)
+
+
 def decode_frame(fmt: str, header: dict, payload: bytes) -> np.ndarray:
     if fmt == "jpeg":
         return decode_jpeg(payload)
@@ -142,12 +159,18 @@ class Client:
 
     ``control`` / ``frames`` default to ``$SFBRIDGE_CONTROL`` / ``$SFBRIDGE_FRAMES``, then to
     tcp://127.0.0.1:5555 / :5556; a malformed endpoint raises ValueError here, not at the first request.
+
+    ``server_key`` / ``client_key``: for a daemon with CurveZMQ, its public ``NAME.key`` file and this
+    client's ``NAME.key_secret`` (default ``$SFBRIDGE_SERVER_KEY`` / ``$SFBRIDGE_CLIENT_KEY``; neither: NULL).
+    A missing, unreadable or wrong file raises ValueError (:class:`sfbridge.security.AccessError`) here.
     """
 
     def __init__(self, control: str | None = None, frames: str | None = None,
                  timeout: float = REQUEST_TIMEOUT_S, retries: int = REQUEST_RETRIES,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, *, server_key: str | os.PathLike | None = None,
+                 client_key: str | os.PathLike | None = None) -> None:
         self.control_endpoint, self.frames_endpoint = client_endpoints(control, frames)
+        self.keys = client_keys(server_key, client_key)
         self.timeout = timeout
         self.retries = retries
         self.ctx = context or zmq.Context.instance()
@@ -164,6 +187,7 @@ class Client:
             sock = self.ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.ROUTING_ID, self._routing_id)
+            secure(sock, self.keys)
             sock.connect(self.control_endpoint)
             self._sock = sock
         return self._sock
@@ -187,7 +211,7 @@ class Client:
                     return result
             log.info("no reply to %r from %s (attempt %d/%d)", op, self.control_endpoint, attempt, self.retries)
             self._drop_socket()
-        raise unavailable(self.control_endpoint, self.retries, self.timeout)
+        raise unavailable(self.control_endpoint, self.retries, self.timeout, self.keys)
 
     def ping(self) -> dict:
         return self.request("ping")
@@ -254,13 +278,15 @@ class Client:
         sock.setsockopt(zmq.SUBSCRIBE, format.encode())
         if events:
             sock.setsockopt(zmq.SUBSCRIBE, EVENT_TOPIC.encode())
+        secure(sock, self.keys)
         sock.connect(self.frames_endpoint)
         seen = FrameKey()
         wait_ms = None if timeout is None else int(timeout * 1000)
         try:
             while True:
                 if not sock.poll(wait_ms, zmq.POLLIN):
-                    raise DaemonUnavailable(f"no frames from {self.frames_endpoint} within {timeout} s")
+                    raise DaemonUnavailable(f"no frames from {self.frames_endpoint} within {timeout} s"
+                                            f"{no_frames_hint(self.keys)}")
                 msgs = [sock.recv_multipart()]
                 if latest_only:
                     while True:

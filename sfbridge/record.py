@@ -94,15 +94,18 @@ def _sigint_deferred() -> Iterator[None]:
 
 
 def record(output: str | Path, seconds: float, control: str | None = None, frames: str | None = None,
-           fmt: str = "rgb24", crf: int = 18, wait: float = 15.0, timeout: float = 2.0) -> RecordResult:
+           fmt: str = "rgb24", crf: int = 18, wait: float = 15.0, timeout: float = 2.0,
+           server_key: str | None = None, client_key: str | None = None) -> RecordResult:
     """Record ``seconds`` of stream time.
 
-    ``wait``: seconds without a frame before giving up; ``timeout``: seconds per control request.
+    ``wait``: seconds without a frame before giving up; ``timeout``: seconds per control request;
+    ``server_key`` / ``client_key``: CURVE key files, as for :class:`~sfbridge.client.Client`.
     Raises :class:`RecordError` (bad settings, paused or odd-sized stream) or ``DaemonUnavailable``.
     """
     check_settings(seconds, crf, wait)
     path = check_output(output)
-    with Client(control=control, frames=frames, timeout=timeout, retries=1) as client:
+    with Client(control=control, frames=frames, timeout=timeout, retries=1, server_key=server_key,
+                client_key=client_key) as client:
         status = client.status()
         width, height = int(status.get("width", 0)), int(status.get("height", 0))
         if width % 2 or height % 2:

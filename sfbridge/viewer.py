@@ -34,8 +34,9 @@ from typing import Any
 
 import zmq
 
-from sfbridge.client import Client, DaemonUnavailable, FrameKey, RequestError, decode_frame
+from sfbridge.client import Client, DaemonUnavailable, FrameKey, RequestError, decode_frame, secure
 from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES, EVENT_TOPIC, FRAME_FORMATS, unpack
+from sfbridge.security import ClientKeys
 
 log = logging.getLogger("sfbridge.viewer")
 
@@ -66,8 +67,10 @@ class LatestFrameReceiver(threading.Thread):
     costs neither decode time nor latency.
     """
 
-    def __init__(self, endpoint: str, fmt: str = "jpeg", context: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str, fmt: str = "jpeg", context: zmq.Context | None = None,
+                 keys: ClientKeys | None = None) -> None:
         super().__init__(name="sfbridge-view-recv", daemon=True)
+        self.keys = keys  # CURVE settings (a probe Client's ``keys``), None for NULL
         if fmt not in FRAME_FORMATS:
             raise ValueError(f"format must be one of {FRAME_FORMATS}, got {fmt!r}")
         self.endpoint = endpoint
@@ -97,6 +100,7 @@ class LatestFrameReceiver(threading.Thread):
         sock.setsockopt(zmq.RCVBUF, 1 << 16)
         sock.setsockopt(zmq.SUBSCRIBE, self.fmt.encode())
         sock.setsockopt(zmq.SUBSCRIBE, EVENT_TOPIC.encode())
+        secure(sock, self.keys)
         sock.connect(self.endpoint)
         try:
             while not self._halt.is_set():
@@ -155,9 +159,11 @@ class ControlResult:
 class ControlWorker(threading.Thread):
     """Runs control requests one by one off the UI thread, with its own Client."""
 
-    def __init__(self, control: str, timeout: float = 2.0) -> None:
+    def __init__(self, control: str, timeout: float = 2.0, server_key: str | None = None,
+                 client_key: str | None = None) -> None:
         super().__init__(name="sfbridge-view-ctl", daemon=True)
         self.control = control
+        self.key_files = {"server_key": server_key, "client_key": client_key}
         self.timeout = timeout
         self.jobs: queue.SimpleQueue[tuple[str, Callable[[Client], dict]] | None] = queue.SimpleQueue()
         self.results: queue.SimpleQueue[ControlResult] = queue.SimpleQueue()
@@ -169,7 +175,7 @@ class ControlWorker(threading.Thread):
         self.jobs.put(None)
 
     def run(self) -> None:
-        client = Client(control=self.control, timeout=self.timeout, retries=1)
+        client = Client(control=self.control, timeout=self.timeout, retries=1, **self.key_files)
         try:
             while (job := self.jobs.get()) is not None:
                 label, fn = job
@@ -220,6 +226,8 @@ class ViewerOptions:
     type_prompt: str | None = None
     transition: str = "cut"
     wait_frames_s: float = 20.0  # headless modes give up (exit 3) without frames for this long
+    server_key: str | None = None  # CURVE key files (else $SFBRIDGE_SERVER_KEY / $SFBRIDGE_CLIENT_KEY)
+    client_key: str | None = None
 
 
 @dataclass
@@ -270,7 +278,9 @@ def run_viewer(opts: ViewerOptions) -> int:
     """Open the window and run until quit, ``--seconds`` or the screenshot is taken; the exit code."""
     # Probe the daemon before opening a window: a clear error beats an empty black window.
     try:
-        with Client(control=opts.control, timeout=opts.timeout, retries=1) as probe:
+        with Client(control=opts.control, timeout=opts.timeout, retries=1, server_key=opts.server_key,
+                    client_key=opts.client_key) as probe:
+            keys = probe.keys
             status = probe.status()
     except DaemonUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -285,8 +295,8 @@ def run_viewer(opts: ViewerOptions) -> int:
     frame_size = (int(status.get("width", 832)), int(status.get("height", 480)))
     window_size = opts.size or frame_size
 
-    receiver = LatestFrameReceiver(opts.frames, opts.fmt)
-    worker = ControlWorker(opts.control, opts.timeout)
+    receiver = LatestFrameReceiver(opts.frames, opts.fmt, keys=keys)
+    worker = ControlWorker(opts.control, opts.timeout, opts.server_key, opts.client_key)
     receiver.start()
     worker.start()
 
@@ -557,7 +567,8 @@ def cmd_view(a: argparse.Namespace) -> int:
     opts = ViewerOptions(control=a.control, frames=a.frames, fmt=a.format, size=a.size,
                          overlay=not a.no_overlay, screenshot=a.screenshot,
                          screenshot_after=max(1, a.screenshot_after), seconds=a.seconds, timeout=a.timeout,
-                         type_prompt=a.type_prompt, transition=a.transition)
+                         type_prompt=a.type_prompt, transition=a.transition, server_key=a.server_key,
+                         client_key=a.client_key)
     try:
         return run_viewer(opts)
     except ImportError as exc:
@@ -566,7 +577,7 @@ def cmd_view(a: argparse.Namespace) -> int:
 
 
 def add_view_parser(sub: argparse._SubParsersAction) -> None:
-    from sfbridge.cli import ENDPOINT_HELP
+    from sfbridge.cli import ENDPOINT_HELP, add_key_options
 
     p = sub.add_parser("view", help="show the stream in a window and steer it",
                        description="Show the live stream in a pygame window. Keys: Enter/T type a prompt "
@@ -576,6 +587,7 @@ def add_view_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--control", default=None, help=ENDPOINT_HELP["control"])
     p.add_argument("--frames", default=None, help=ENDPOINT_HELP["frames"])
     p.add_argument("--timeout", type=float, default=2.0, help="seconds per control request [%(default)s]")
+    add_key_options(p)
     p.add_argument("--format", choices=FRAME_FORMATS, default="jpeg", help="stream format [%(default)s]")
     p.add_argument("--size", type=parse_size, default=None, help="window size WxH (default: frame size)")
     p.add_argument("--no-overlay", action="store_true", help="start without the info overlay")
