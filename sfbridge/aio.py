@@ -6,10 +6,12 @@ coroutine and ``subscribe`` is an async iterator.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,8 @@ import zmq
 import zmq.asyncio
 
 from sfbridge.client import (
+    INPUT_LINGER_MS,
+    INPUT_SNDHWM,
     REQUEST_RETRIES,
     REQUEST_TIMEOUT_S,
     DaemonUnavailable,
@@ -25,13 +29,23 @@ from sfbridge.client import (
     check_seed,
     client_endpoints,
     decode_frame,
+    input_endpoint,
     no_frames_hint,
     reply_result,
     request_body,
     secure,
     unavailable,
 )
-from sfbridge.protocol import EVENT_TOPIC, FRAME_FORMATS, unpack
+from sfbridge.input_frames import (
+    DEFAULT_INPUT_FPS,
+    DEFAULT_STRENGTH,
+    check_client_id,
+    check_fps,
+    default_client_id,
+    input_args,
+    input_message,
+)
+from sfbridge.protocol import EVENT_TOPIC, FRAME_FORMATS, pack, unpack
 from sfbridge.security import client_keys
 from sfbridge.steering_args import PromptEntry, check_state_id, prompt_args, schedule_args, steps_args
 
@@ -44,9 +58,16 @@ class AsyncClient:
 
     def __init__(self, control: str | None = None, frames: str | None = None,
                  timeout: float = REQUEST_TIMEOUT_S, retries: int = REQUEST_RETRIES, *,
-                 server_key: str | os.PathLike | None = None, client_key: str | os.PathLike | None = None) -> None:
+                 input: str | None = None, client_id: str | None = None, server_key: str | os.PathLike | None = None,
+                 client_key: str | os.PathLike | None = None) -> None:
         self.control_endpoint, self.frames_endpoint = client_endpoints(control, frames)
         self.keys = client_keys(server_key, client_key)
+        # An explicit input endpoint is checked now; $SFBRIDGE_INPUT / the default only when the first frame
+        # is sent, so a client that never sends frames is not refused over a setting it does not use.
+        self.input_endpoint: str | None = input_endpoint(input) if input is not None else None
+        self.client_id = check_client_id(client_id) if client_id is not None else default_client_id()
+        self._input_seq = itertools.count(0)
+        self._input_sock: zmq.asyncio.Socket | None = None
         self.timeout, self.retries = timeout, retries
         self.ctx = zmq.asyncio.Context.instance()
         self._ids = itertools.count(1)
@@ -112,6 +133,52 @@ class AsyncClient:
         args = {k: v for k, v in (("prompt", prompt), ("seed", seed)) if v is not None}
         return await self.request("reset", **args)
 
+    async def set_input(self, mode: str, strength: float = DEFAULT_STRENGTH, motion_adaptive: bool = False,
+                        at_block: int | None = None, at_pts: float | None = None) -> dict:
+        """As :meth:`sfbridge.Client.set_input`."""
+        return await self.request("input", **input_args(mode, strength, motion_adaptive, at_block, at_pts))
+
+    async def send_frame(self, image: np.ndarray | bytes, *, t_cap: float | None = None, client: str | None = None,
+                         seq: int | None = None) -> dict[str, Any]:
+        """As :meth:`sfbridge.Client.send_frame` (never waits: the PUB drops frames at its HWM)."""
+        header, payload = input_message(image, client=self.client_id if client is None else client,
+                                        seq=next(self._input_seq) if seq is None else seq, t_cap=t_cap)
+        if self._input_sock is None:
+            self.input_endpoint = self.input_endpoint or input_endpoint(None)
+            self._input_sock = self.ctx.socket(zmq.PUB)
+            self._input_sock.setsockopt(zmq.LINGER, INPUT_LINGER_MS)
+            self._input_sock.setsockopt(zmq.SNDHWM, INPUT_SNDHWM)
+            secure(self._input_sock, self.keys)  # CURVE like every other socket of this client
+            self._input_sock.connect(self.input_endpoint)
+        await self._input_sock.send_multipart([pack(header), payload], flags=zmq.NOBLOCK, copy=False)
+        return header
+
+    async def stream_frames(self, frames: Iterable[np.ndarray | bytes] | AsyncIterable[np.ndarray | bytes],
+                            fps: float = DEFAULT_INPUT_FPS) -> int:
+        """As :meth:`sfbridge.Client.stream_frames`; ``frames`` may also be an async iterable."""
+        period = 1.0 / check_fps(fps)
+        due = time.monotonic()
+        sent = 0
+
+        async def paced(image: np.ndarray | bytes) -> None:
+            nonlocal due, sent
+            now = time.monotonic()
+            if now < due:
+                await asyncio.sleep(due - now)
+            else:
+                due = now
+            await self.send_frame(image)
+            sent += 1
+            due += period
+
+        if isinstance(frames, AsyncIterable):
+            async for image in frames:
+                await paced(image)
+        else:
+            for image in frames:
+                await paced(image)
+        return sent
+
     async def subscribe(self, format: str = "jpeg", latest_only: bool = True,
                         timeout: float | None = None) -> AsyncIterator[Frame]:
         if format not in FRAME_FORMATS:
@@ -147,3 +214,6 @@ class AsyncClient:
 
     def close(self) -> None:
         self._drop_socket()
+        if self._input_sock is not None:
+            self._input_sock.close()
+            self._input_sock = None

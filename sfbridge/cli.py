@@ -36,7 +36,14 @@ from sfbridge.cli_settings import (
     seed_value,
     sndhwm_value,
 )
-from sfbridge.cli_steering import add_prompt_options, add_schedule_options, prompt_request, schedule_request
+from sfbridge.cli_steering import (
+    add_input_options,
+    add_prompt_options,
+    add_schedule_options,
+    input_request,
+    prompt_request,
+    schedule_request,
+)
 from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES
 
 EXIT_OK = 0
@@ -197,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the state_id a scheduled prompt/seed/steps reply gave")
     _add_endpoints(p)
     p.set_defaults(func=lambda a: _request(a, "cancel", state_id=a.state_id))
+
+    p = sub.add_parser("input", help="switch video-to-video from game frames on (v2v) or off",
+                       description="Restyle the frames clients send to the input socket (v2v) or go back to "
+                                   "text-to-video (off). Lands at the next block unless --at-block/--at-pts "
+                                   "schedule it; the reply says where.")
+    add_input_options(p)
+    _add_endpoints(p)
+    p.set_defaults(func=lambda a: _request(a, "input", **input_request(a)))
 
     for op in ("pause", "resume", "ping"):
         p = sub.add_parser(op, help=f"{op} the stream" if op != "ping" else "check the daemon answers")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,15 @@ import zmq
 
 from sfbridge.encoders import decode_jpeg
 from sfbridge.endpoints import check_distinct, resolve_endpoint
+from sfbridge.input_frames import (
+    DEFAULT_INPUT_FPS,
+    DEFAULT_STRENGTH,
+    check_client_id,
+    check_fps,
+    default_client_id,
+    input_args,
+    input_message,
+)
 from sfbridge.protocol import EVENT_TOPIC, FRAME_FORMATS, MAX_SEED, PROTOCOL_VERSION, pack, unpack
 from sfbridge.security import ClientKeys, client_keys
 from sfbridge.steering_args import PromptEntry, check_state_id, prompt_args, schedule_args, steps_args
@@ -29,6 +39,10 @@ log = logging.getLogger("sfbridge.client")
 
 REQUEST_TIMEOUT_S = 2.0
 REQUEST_RETRIES = 3
+# Input PUB socket: at most 2 frames wait per connection; past that libzmq drops new ones instead of
+# blocking the game's send call. LINGER lets a frame sent just before close() still leave.
+INPUT_SNDHWM = 2
+INPUT_LINGER_MS = 250
 
 
 class SfbridgeError(Exception):
@@ -126,6 +140,11 @@ def request_body(op: str, rid: int, args: dict[str, Any]) -> bytes:
         raise ValueError(f"request {op!r} cannot be encoded: {exc}") from None
 
 
+def input_endpoint(value: str | None) -> str:
+    """The input endpoint (argument, ``$SFBRIDGE_INPUT``, default), checked by the same rule as the others."""
+    return resolve_endpoint("input", value)[0]
+
+
 def check_seed(seed: int) -> int:
     """Seeds are in the protocol's range 0..2^63-1 (docs/PROTOCOL.md); checked before sending."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
@@ -157,8 +176,10 @@ def decode_frame(fmt: str, header: dict, payload: bytes) -> np.ndarray:
 class Client:
     """Synchronous client. Not thread-safe: use one per thread (they are cheap).
 
-    ``control`` / ``frames`` default to ``$SFBRIDGE_CONTROL`` / ``$SFBRIDGE_FRAMES``, then to
-    tcp://127.0.0.1:5555 / :5556; a malformed endpoint raises ValueError here, not at the first request.
+    ``control`` / ``frames`` / ``input`` default to ``$SFBRIDGE_CONTROL`` / ``$SFBRIDGE_FRAMES`` /
+    ``$SFBRIDGE_INPUT``, then to tcp://127.0.0.1:5555 / :5556 / :5557; a malformed endpoint raises
+    ValueError here, not at the first request. ``client_id`` names this client's input frames
+    (default: unique per process and client).
 
     ``server_key`` / ``client_key``: for a daemon with CurveZMQ, its public ``NAME.key`` file and this
     client's ``NAME.key_secret`` (default ``$SFBRIDGE_SERVER_KEY`` / ``$SFBRIDGE_CLIENT_KEY``; neither: NULL).
@@ -167,10 +188,17 @@ class Client:
 
     def __init__(self, control: str | None = None, frames: str | None = None,
                  timeout: float = REQUEST_TIMEOUT_S, retries: int = REQUEST_RETRIES,
-                 context: zmq.Context | None = None, *, server_key: str | os.PathLike | None = None,
+                 context: zmq.Context | None = None, *, input: str | None = None,
+                 client_id: str | None = None, server_key: str | os.PathLike | None = None,
                  client_key: str | os.PathLike | None = None) -> None:
         self.control_endpoint, self.frames_endpoint = client_endpoints(control, frames)
         self.keys = client_keys(server_key, client_key)
+        # An explicit input endpoint is checked now; $SFBRIDGE_INPUT / the default only when the first frame
+        # is sent, so a client that never sends frames is not refused over a setting it does not use.
+        self.input_endpoint: str | None = input_endpoint(input) if input is not None else None
+        self.client_id = check_client_id(client_id) if client_id is not None else default_client_id()
+        self._input_seq = itertools.count(0)
+        self._input_sock: zmq.Socket | None = None
         self.timeout = timeout
         self.retries = retries
         self.ctx = context or zmq.Context.instance()
@@ -259,6 +287,64 @@ class Client:
             args["seed"] = seed
         return self.request("reset", **args)
 
+    def set_input(self, mode: str, strength: float = DEFAULT_STRENGTH, motion_adaptive: bool = False,
+                  at_block: int | None = None, at_pts: float | None = None) -> dict:
+        """Switch video-to-video on (``v2v``) or off -> ``{state_id, applies_at_block, scheduled}``.
+
+        ``strength`` 0..1 is how far the input is noised before the remaining steps run (1.0 = plain
+        text-to-video); ``motion_adaptive`` lowers it while the input moves a lot (docs/PROTOCOL.md).
+        """
+        return self.request("input", **input_args(mode, strength, motion_adaptive, at_block, at_pts))
+
+    # --- input frames ----------------------------------------------------------------------------
+
+    def _input_socket(self) -> zmq.Socket:
+        if self._input_sock is None:
+            self.input_endpoint = self.input_endpoint or input_endpoint(None)
+            sock = self.ctx.socket(zmq.PUB)
+            sock.setsockopt(zmq.LINGER, INPUT_LINGER_MS)
+            sock.setsockopt(zmq.SNDHWM, INPUT_SNDHWM)
+            secure(sock, self.keys)  # CURVE like every other socket of this client
+            sock.connect(self.input_endpoint)
+            self._input_sock = sock
+        return self._input_sock
+
+    def send_frame(self, image: np.ndarray | bytes, *, t_cap: float | None = None, client: str | None = None,
+                   seq: int | None = None) -> dict[str, Any]:
+        """Send one input frame to the daemon's input socket; returns the header that went out.
+
+        ``image``: an RGB array ``[H, W, 3]`` uint8 (sent as ``rgb24``) or JPEG bytes (sent as is), any
+        size up to 4096 per side (the daemon scales and centre-crops it to the model's size).
+        ``t_cap``: capture time, default now (``time.time()``); frame headers echo it in ``input`` so
+        the round trip can be measured. ``client`` / ``seq``: default this client's id and a counter.
+
+        Never blocks: the PUB socket (connected on first use) drops frames while the daemon is slow,
+        absent or not yet connected, so the first frame or two after start may not arrive.
+        """
+        header, payload = input_message(image, client=self.client_id if client is None else client,
+                                        seq=next(self._input_seq) if seq is None else seq, t_cap=t_cap)
+        self._input_socket().send_multipart([pack(header), payload], flags=zmq.NOBLOCK, copy=False)
+        return header
+
+    def stream_frames(self, frames: Iterable[np.ndarray | bytes], fps: float = DEFAULT_INPUT_FPS) -> int:
+        """Send every frame of ``frames`` at ``fps`` (default 16, the model's rate), blocking until the
+        iterable ends; returns how many were sent. A slow iterable is not waited for twice: when a
+        frame comes late, the next one is due a period after it. Run it in its own thread (with its own
+        Client) next to a game loop."""
+        period = 1.0 / check_fps(fps)
+        due = time.monotonic()
+        sent = 0
+        for image in frames:
+            now = time.monotonic()
+            if now < due:
+                time.sleep(due - now)
+            else:
+                due = now
+            self.send_frame(image)
+            sent += 1
+            due += period
+        return sent
+
     # --- stream ----------------------------------------------------------------------------------
 
     def subscribe(self, format: str = "jpeg", latest_only: bool = True, events: bool = False,
@@ -312,6 +398,9 @@ class Client:
 
     def close(self) -> None:
         self._drop_socket()
+        if self._input_sock is not None:
+            self._input_sock.close()
+            self._input_sock = None
 
     def __enter__(self) -> Client:
         return self

@@ -228,6 +228,9 @@ class ViewerOptions:
     wait_frames_s: float = 20.0  # headless modes give up (exit 3) without frames for this long
     server_key: str | None = None  # CURVE key files (else $SFBRIDGE_SERVER_KEY / $SFBRIDGE_CLIENT_KEY)
     client_key: str | None = None
+    input_from: str | None = None  # a video file or "camera": sent to the input socket, v2v switched on
+    input: str | None = None  # input endpoint (else $SFBRIDGE_INPUT, else the default)
+    strength: float = 0.7
 
 
 @dataclass
@@ -295,6 +298,12 @@ def run_viewer(opts: ViewerOptions) -> int:
     frame_size = (int(status.get("width", 832)), int(status.get("height", 480)))
     window_size = opts.size or frame_size
 
+    feeder = None
+    if opts.input_from:
+        feeder = _start_input(opts, frame_size)
+        if feeder is None:
+            return EXIT_ERROR
+
     receiver = LatestFrameReceiver(opts.frames, opts.fmt, keys=keys)
     worker = ControlWorker(opts.control, opts.timeout, opts.server_key, opts.client_key)
     receiver.start()
@@ -302,13 +311,36 @@ def run_viewer(opts: ViewerOptions) -> int:
 
     pygame.display.init()
     pygame.font.init()
+    if feeder is not None:
+        worker.submit("input v2v", lambda c: c.set_input("v2v", strength=opts.strength))
     try:
         return _loop(pygame, opts, state, window_size, receiver, worker)
     finally:
+        if feeder is not None:
+            feeder.stop()
+            worker.submit("input off", lambda c: c.set_input("off"))
         receiver.stop()
         worker.stop()
+        if feeder is not None:
+            worker.join(timeout=opts.timeout + 0.5)  # let `input off` reach the daemon before exiting
         receiver.join(timeout=1.0)
         pygame.quit()
+
+
+def _start_input(opts: ViewerOptions, frame_size: tuple[int, int]) -> Any:
+    """Open ``--input-from`` and start sending it; None (after one ``error:`` line) when that fails."""
+    from sfbridge.input_source import InputFeeder, InputSourceError, frames_from
+
+    try:
+        frames = frames_from(opts.input_from or "", frame_size)
+        feeder = InputFeeder(frames, opts.input, server_key=opts.server_key, client_key=opts.client_key)
+    except (InputSourceError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    feeder.start()
+    log.info("sending %s to %s at 16 fps (v2v, strength %.2f)", opts.input_from, feeder.client.input_endpoint
+             or "the input endpoint", opts.strength)
+    return feeder
 
 
 def _loop(pygame: Any, opts: ViewerOptions, state: ViewerState, window_size: tuple[int, int],
@@ -568,12 +600,18 @@ def cmd_view(a: argparse.Namespace) -> int:
                          overlay=not a.no_overlay, screenshot=a.screenshot,
                          screenshot_after=max(1, a.screenshot_after), seconds=a.seconds, timeout=a.timeout,
                          type_prompt=a.type_prompt, transition=a.transition, server_key=a.server_key,
-                         client_key=a.client_key)
+                         client_key=a.client_key, input_from=a.input_from, input=a.input, strength=a.strength)
     try:
         return run_viewer(opts)
     except ImportError as exc:
         print(f"error: the viewer needs pygame-ce (pip install pygame-ce): {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _strength(text: str) -> float:
+    from sfbridge.cli_steering import strength_value
+
+    return strength_value(text)
 
 
 def add_view_parser(sub: argparse._SubParsersAction) -> None:
@@ -597,6 +635,13 @@ def add_view_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--screenshot-after", type=int, default=3, metavar="N",
                    help="frames to show before the screenshot [%(default)s]")
     p.add_argument("--seconds", type=float, default=None, help="exit after this many seconds")
+    p.add_argument("--input-from", metavar="FILE|camera", default=None,
+                   help="send a video file (looped) or a camera (camera, camera:N or /dev/videoN; Linux v4l2) to "
+                        "the input socket at 16 fps and switch video-to-video on while the window is open")
+    p.add_argument("--input", default=None, metavar="ENDPOINT",
+                   help="input endpoint for --input-from [$SFBRIDGE_INPUT or tcp://127.0.0.1:5557]")
+    p.add_argument("--strength", type=_strength, default=0.7, metavar="S",
+                   help="v2v strength 0..1 for --input-from (lower follows the input more) [%(default)s]")
     p.add_argument("--type-prompt", metavar="TEXT", default=None,
                    help="test hook: type TEXT into the prompt box after the first frame (and with "
                         "--screenshot, wait for a frame with its state)")
