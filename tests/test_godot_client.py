@@ -211,6 +211,31 @@ def test_godot_example_scene(tmp_path):
     assert "SCRIPT ERROR" not in out and "Parse Error" not in out, out[-4000:]
 
 
+def test_godot_example_scene_v2v(tmp_path):
+    """examples/godot with --v2v: its "Restyle game" path switches v2v on (set_input) and starts the input
+    sender on the Game SubViewport; frames made in v2v mode arrive. (Headless Godot renders no viewport
+    pixels, so what the example sends is not checked here; test_godot_input_shows_in_testsrc checks the
+    sender's pixels.)"""
+    _ensure_godot()
+    proj = tmp_path / "example"
+    shutil.copytree(REPO / "examples" / "godot", proj, symlinks=False)
+    (proj / "project.godot").write_text(
+        (proj / "project.godot").read_text() + "\n[application]\nrun/flush_stdout_on_print=true\n"
+    )
+    inp = f"tcp://127.0.0.1:{_free_port()}"
+    daemon = ServeProcess("--model", "testsrc", "--width", str(W), "--height", str(H), "--input", inp,
+                          log=tmp_path / "daemon.log")
+    cmd = _godot_cmd(proj, "--control", daemon.control, "--frames", daemon.frames, "--input", inp, "--v2v",
+                     "--smoke-test", "10", script=None)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=_godot_env(tmp_path), timeout=120)
+    finally:
+        daemon.stop()
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "EXAMPLE_OK frames=" in out and "input_mode=v2v" in out, out[-4000:]
+    assert "SCRIPT ERROR" not in out and "Parse Error" not in out, out[-4000:]
+
+
 def test_godot_answers_zmtp_ping(tmp_path):
     """The GDScript ZMTP code answers libzmq's PING with PONG (heartbeating peers keep the link)."""
     _ensure_godot()
