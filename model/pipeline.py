@@ -242,6 +242,27 @@ class StreamPipeline:
 
     # -- generation -----------------------------------------------------------------------
     @torch.no_grad()
+    def next_block_from(self, x0: torch.Tensor, first_step: int) -> torch.Tensor:
+        """Video-to-video: the block starts from clean latents ``x0`` [B, F, C, h, w] (the encoded input),
+        noised to step ``first_step``'s sigma (``x_t = (1 - sigma) x0 + sigma eps``, one draw of the noise
+        stream), then runs the remaining steps and the context pass as usual. ``first_step == num_steps``:
+        no step runs, the block is ``x0`` itself (its context pass still runs). Step 0 is :meth:`next_block`."""
+        assert 0 < first_step <= self.num_steps, f"first_step {first_step} not in 1..{self.num_steps}"
+        assert self.prompt_embeds is not None or self.cross.is_init, "call set_prompt_embeds() first"
+        assert x0.shape == self.noise.shape, f"x0 {tuple(x0.shape)} vs {self.noise.shape}"
+        self._fill_cross()
+        plan = self.plan_block()
+        x0 = x0.to(self.device, self.dtype)
+        if first_step < self.num_steps:
+            x = renoise(x0, self.noise.take(), self.sigmas[first_step], self.one_minus[first_step])
+            x0 = self.denoise(x, plan, first_step=first_step)
+        else:
+            self.last_x0 = [x0]
+        self.context_pass(x0, plan)
+        self._finish_block()
+        return x0
+
+    @torch.no_grad()
     def next_block(self, noise: torch.Tensor | None = None,
                    renoise: torch.Tensor | None = None) -> torch.Tensor:
         """Generate the next block: latents [B, F, 16, h, w] (clean x0 of the last step).

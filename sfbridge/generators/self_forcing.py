@@ -26,6 +26,7 @@ import torch
 
 from sfbridge.generators.base import GeneratorError, Steering
 from sfbridge.generators.streaming import FrameDecoder, StreamingGenerator, TAEHVFrames, VAEFrames
+from sfbridge.generators.v2v import InputEncoder
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,25 @@ class SelfForcingGenerator(StreamingGenerator):
 
         log.info("loading the VAE from %s", files.vae)
         return VAEFrames(WanVAEDecoder.from_file(files.vae, device=dev, dtype=dtype), frames_per_call)
+
+    def _make_input_encoder(self) -> InputEncoder:
+        """v2v, loaded on its first block: the encoder half of the file the decoder came from (TAEHV with
+        ``--decoder taehv``, else the Wan VAE), on the DiT's device and dtype."""
+        dtype = self.pipe.dtype
+        try:
+            if self.decoder.name == "taehv":
+                from sfbridge.model.taehv_encoder import StreamingTAEHVEncoder, TAEHVEncoder
+
+                log.info("v2v: loading the TAEHV encoder from %s", self.files.taehv)
+                return InputEncoder(StreamingTAEHVEncoder(TAEHVEncoder.from_file(self.files.taehv, self.device,
+                                                                                 dtype)))
+            from sfbridge.model.vae_encoder import StreamingVAEEncoder, WanVAEEncoder
+
+            log.info("v2v: loading the VAE encoder from %s", self.files.vae)
+            return InputEncoder(StreamingVAEEncoder(WanVAEEncoder.from_file(self.files.vae, device=self.device,
+                                                                            dtype=dtype)))
+        except Exception as e:  # a missing or broken file: the engine reports the block's error
+            raise GeneratorError(f"self-forcing: v2v encoder: {type(e).__name__}: {e}") from e
 
     def _warmup(self) -> None:
         """One block (allocates caches, picks kernels), then a clean reset: the first real block is fast."""

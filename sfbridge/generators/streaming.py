@@ -23,6 +23,7 @@ from sfbridge.generators.base import (
     Block,
     Generator,
     GeneratorError,
+    InputBlock,
     Steering,
     pixel_frames,
     resolve,
@@ -36,6 +37,7 @@ from sfbridge.generators.conditioning import (
     source_key,
 )
 from sfbridge.generators.overlap import DEFAULT_MAX_IN_FLIGHT, DecodeStage
+from sfbridge.generators.v2v import InputEncoder, effective_strength, first_step
 
 # ------------------------------------------------------------------------------------------------
 # Decoders: latents [1, F, 16, h, w] -> uint8 frames [N, H, W, 3] numpy, with a per-scene state
@@ -152,6 +154,41 @@ class StreamingGenerator(Generator):
     def supports_steps(self) -> bool:
         return True
 
+    # video-to-video (issue 12; sfbridge/generators/v2v.py) -------------------------------------
+    _v2v: InputEncoder | None = None  # built on the first v2v block (self-forcing loads its encoder then)
+
+    def supports_input(self) -> bool:
+        return True
+
+    def _make_input_encoder(self) -> InputEncoder:
+        """The streaming encoder of input frames into this generator's latent space (subclasses)."""
+        raise GeneratorError(f"{self.name}: no input encoder")
+
+    def _block_latents(self, steering: Steering, inputs: InputBlock | None) -> tuple[torch.Tensor, dict]:
+        """The DiT part of a block: text-to-video, or from the encoded input noised to the block's strength.
+
+        Strength 1.0 (or motion-adapted to the first step's sigma) is ``pipe.next_block()`` itself, input not
+        encoded: text-to-video bit for bit. A block without input resets the encoder (its scene restarts)."""
+        if inputs is None or steering.input_mode != "v2v":
+            if self._v2v is not None:
+                self._v2v.reset()
+            return self.pipe.next_block(), {}
+        strength = effective_strength(steering, inputs)
+        k = first_step(self.pipe.sigmas, strength)
+        info: dict = {"strength": strength, "first_step": k}
+        if k == 0:
+            if self._v2v is not None:
+                self._v2v.reset()
+            return self.pipe.next_block(), info
+        if self._v2v is None:
+            t0 = time.perf_counter()
+            self._v2v = self._make_input_encoder()
+            info["encoder_load_ms"] = 1e3 * (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        x0 = self._v2v.encode(inputs)
+        info["encode_ms"] = 1e3 * (time.perf_counter() - t0)
+        return self.pipe.next_block_from(x0, k), info
+
     def _set_steps(self, steps: tuple[float, ...]) -> None:
         try:
             self.pipe.set_steps(steps)
@@ -220,30 +257,33 @@ class StreamingGenerator(Generator):
         self._blend, self._blend_from, self._last_embeds = None, None, None
         self._recached = None
         self._frame = 0
+        if self._v2v is not None:
+            self._v2v.reset()
 
-    def submit_block(self, steering: Steering) -> Block:
+    def submit_block(self, steering: Steering, inputs: InputBlock | None = None) -> Block:
         """DiT now; the decode overlapped (frames pending) or, serially, done before returning.
 
         ``info``: ``dit_ms`` (host time of the DiT call incl. a re-cache: on CUDA, where nothing here
         synchronizes, that is mostly launch time), ``decode_ms`` once decoded, ``blend_alpha``, ``steps``,
-        ``recached_frames`` (frames whose K/V were re-cached before this block, 0 if none).
+        ``recached_frames`` (frames whose K/V were re-cached before this block, 0 if none); with input
+        (v2v) also ``strength`` (after motion adaptation), ``first_step``, ``encode_ms``.
         """
         t0 = time.perf_counter()
         alpha, recache = self._apply(steering)
         index = self.pipe.block_index
         recached = sum(n for _, n in self.pipe.recache()) if recache else 0
-        latents = self.pipe.next_block()  # [1, F, 16, h, w]
+        latents, v2v = self._block_latents(steering, inputs)  # [1, F, 16, h, w]
         count = pixel_frames(latents.shape[1], first_of_scene=self._frame == 0)
         info = {"dit_ms": 1e3 * (time.perf_counter() - t0), "blend_alpha": alpha, "steps": list(self._steps),
-                "recached_frames": recached}
+                "recached_frames": recached, **v2v}
         block = Block(frames=self.stage.submit(latents, count, info), index=index, first_frame=self._frame,
                       state_id=steering.state_id, info=info)
         self._frame += count
         return block
 
-    def next_block(self, steering: Steering) -> Block:
+    def next_block(self, steering: Steering, inputs: InputBlock | None = None) -> Block:
         t0 = time.perf_counter()
-        block = self.submit_block(steering)
+        block = self.submit_block(steering, inputs)
         block.frames = resolve(block.frames)
         block.info["total_ms"] = 1e3 * (time.perf_counter() - t0)
         return block

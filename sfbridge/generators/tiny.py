@@ -27,6 +27,7 @@ import torch
 
 from sfbridge.generators.base import GeneratorError
 from sfbridge.generators.streaming import FrameDecoder, StreamingGenerator, VAEFrames
+from sfbridge.generators.v2v import InputEncoder
 from sfbridge.model.attention import AttentionBackendError, explain_backend
 from sfbridge.model.config import ModelConfig, StreamConfig
 from sfbridge.model.pipeline import StreamPipeline
@@ -149,6 +150,12 @@ class TinyGenerator(StreamingGenerator):
 
     def _embeds(self, prompt: str) -> torch.Tensor:
         return text_embedding(prompt, TINY_CONFIG.text_len, TINY_CONFIG.text_dim)
+
+    def _make_input_encoder(self) -> InputEncoder:
+        """v2v: the seeded random Wan VAE encoder (TINY_VAE), streaming (sfbridge/generators/v2v.py)."""
+        from sfbridge.model.vae_encoder import StreamingVAEEncoder
+
+        return InputEncoder(StreamingVAEEncoder(random_vae_encoder()))
 
 
 def create(**options: Any) -> TinyGenerator:
