@@ -64,17 +64,21 @@ def read_state_dict(path: str | os.PathLike, nested_keys: Iterable[str] = ()) ->
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        try:
+        try:  # the reader checks the header against the file: a cut or altered header is refused here
             sd: Any = load_file(str(path))
         except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ValueError...
-            raise ModelFileError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+            raise ModelFileError(f"{path}: not a readable safetensors file, truncated or damaged "
+                                 f"({path.stat().st_size} bytes; {type(e).__name__}: {e})") from e
     else:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == _ZIP_MAGIC
+        if is_zip:
+            verify_zip(path)
         try:
-            with open(path, "rb") as f:
-                is_zip = f.read(4) == _ZIP_MAGIC
             sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
         except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, BadZipFile...
-            raise ModelFileError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
+            raise ModelFileError(f"{path}: not a readable torch checkpoint, truncated or damaged "
+                                 f"({path.stat().st_size} bytes; {type(e).__name__}: {e})") from e
     if not isinstance(sd, dict):
         raise ModelFileError(f"{path}: expected a dict of tensors, got {type(sd).__name__}")
     for k in nested_keys:
@@ -86,6 +90,42 @@ def read_state_dict(path: str | os.PathLike, nested_keys: Iterable[str] = ()) ->
     if bad:
         raise ModelFileError(f"{path}: not a state dict; non-tensor entries {bad[:5]}")
     return sd
+
+
+FULL_CRC_MAX_BYTES = 1 << 30  # files up to this size get every CRC checked; larger: members up to MEMBER_CRC_MAX
+MEMBER_CRC_MAX_BYTES = 64 << 20  # the pickle, small tensors: always checked (a cut pickle is the usual damage)
+ENV_VERIFY = "SFBRIDGE_VERIFY_CHECKSUMS"  # "1": check every CRC of every file, whatever its size
+
+
+def verify_zip(path: Path, full: bool | None = None, chunk: int = 16 << 20) -> None:
+    """Check a torch zip checkpoint against its own directory: every member inside the file, CRC-32s.
+
+    Why: torch's reader trusts the archive. A cut file fails with a bare ``OSError: Invalid argument``,
+    and a changed byte in a tensor loads silently as a wrong weight (only the pickle's own syntax is
+    checked). Every zip member carries a CRC-32. Checking costs one read of the data at ~0.3-1 GB/s
+    (zlib), so ``full`` (default: files up to FULL_CRC_MAX_BYTES, or ``$SFBRIDGE_VERIFY_CHECKSUMS=1``)
+    checks all members; otherwise members up to MEMBER_CRC_MAX_BYTES (the pickle, small tensors) are
+    checked and larger ones only for lying inside the file, so an 11 GB text encoder still starts fast.
+    """
+    size = path.stat().st_size
+    if full is None:
+        full = size <= FULL_CRC_MAX_BYTES or os.environ.get(ENV_VERIFY) == "1"
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.header_offset + info.compress_size > size:
+                    raise ModelFileError(f"{path}: truncated: member {info.filename!r} ends past the end of "
+                                         f"the file ({size} bytes)")
+                if not full and info.file_size > MEMBER_CRC_MAX_BYTES:
+                    continue
+                with z.open(info) as member:  # ZipExtFile raises BadZipFile on a CRC mismatch at the end
+                    while member.read(chunk):
+                        pass
+    except ModelFileError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise ModelFileError(f"{path}: damaged torch checkpoint, truncated or altered ({size} bytes; "
+                             f"{type(e).__name__}: {e})") from e
 
 
 def load_strict(

@@ -344,7 +344,7 @@ class Daemon:
             "formats": list(FRAME_FORMATS),
             "jpeg_quality": self.config.jpeg_quality,
             "pace": self.config.pace,
-            "warnings": list(dict.fromkeys([*self.warnings, *desc.get("warnings", [])])),
+            "warnings": list(dict.fromkeys([*self.warnings, *desc.get("warnings", []), *self.engine.oom.warnings])),
             "stats": self.publisher.snapshot(),
             "pid": os.getpid(),
             "input": self.input_status(),

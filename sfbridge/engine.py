@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sfbridge.generators.base import BLOCK_FRAMES, FIRST_BLOCK_FRAMES, Generator, InputBlock, PendingFrames
+from sfbridge.oom import OomPolicy, is_oom
 from sfbridge.protocol import make_event
 from sfbridge.steering import Change, Snapshot, SteeringBox
 
@@ -97,6 +98,9 @@ class Engine:
         self._retry_at = 0.0  # monotonic time before which no block starts (after a failed decode)
         self._failed_stream: str | None = None  # scene whose decode failed: one error event per scene
         self.failure: BaseException | None = None  # what killed the thread, if it died (daemon.py watches)
+        self.oom = OomPolicy()  # out of GPU memory: free, restart, step down when it repeats (sfbridge/oom.py)
+        self._attempts = 0  # blocks started, failed ones included: OomPolicy counts "within a few blocks" in them
+        self._decode_oom: tuple[int, BaseException] | None = None  # (block, error) from the decode worker
         self.thread = threading.Thread(target=self.run, name="sfbridge-engine", daemon=True)
 
     def start(self) -> None:
@@ -165,6 +169,11 @@ class Engine:
 
     def _step(self, snap: Snapshot) -> None:
         s = snap.steering
+        self._attempts += 1
+        decode_oom, self._decode_oom = self._decode_oom, None
+        if decode_oom is not None:  # an OOM in the decode worker: the hooks run here, on the engine thread
+            for event in self.oom.handle(self.generator, self._attempts, decode_oom[0], decode_oom[1]):
+                self._emit(event)
         t0 = time.perf_counter()
         try:
             if snap.reset:
@@ -183,9 +192,13 @@ class Engine:
                 self._check(out.frames)
         except Exception as exc:
             self.stats.errors += 1
-            log.exception("generator failed on block %d", snap.block)
-            self._emit(make_event("error", code="internal",
-                                       message=f"generator failed on block {snap.block}: {exc}"))
+            if is_oom(exc):
+                for event in self.oom.handle(self.generator, self._attempts, snap.block, exc):
+                    self._emit(event)
+            else:
+                log.exception("generator failed on block %d", snap.block)
+                self._emit(make_event("error", code="internal",
+                                      message=f"generator failed on block {snap.block}: {exc}"))
             # A failure can leave caches half-written: start a new scene after a pause.
             self.box.give_back(snap)
             with self.box.cond:
@@ -248,8 +261,12 @@ class Engine:
             return  # shutdown cancels decodes; later blocks of a failed scene fail with it
         self._failed_stream = blk.stream
         self.stats.errors += 1
-        log.error("generator failed on block %d: %r", blk.block, exc)
-        self._emit(make_event("error", code="internal", message=f"generator failed on block {blk.block}: {exc}"))
+        if is_oom(exc):  # reported with its hooks run by the engine thread, before its next block
+            self._decode_oom = (blk.block, exc)
+        else:
+            log.error("generator failed on block %d: %r", blk.block, exc)
+            self._emit(make_event("error", code="internal",
+                                  message=f"generator failed on block {blk.block}: {exc}"))
         with self.box.cond:
             if blk.stream == self.box.stream:  # a reset since then already starts a new scene
                 self._dropped(self.box.reset(None, None)[2])  # caches may be half-written: a new scene, after a pause

@@ -315,3 +315,230 @@ def test_remembered_replies_are_bounded_and_expire():
     time.sleep(0.25)
     cache.answer(b"peer-19", bodies[0], handle)
     assert len(calls) == n + 1 and len(cache) == 1  # expired: handled again, the rest forgotten
+
+
+# --- 5. model faults: CUDA out of memory inside a block -------------------------------------------------------
+
+
+def cuda_oom() -> BaseException:
+    import torch
+
+    return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+class OomSource(TestSource):
+    """The test pattern, out of memory on the given block attempts (1-based); records the engine's hook calls."""
+
+    def __init__(self, fail_on: set[int], presets=("balanced", "fast")) -> None:
+        super().__init__(160, 96)
+        self.fail_on, self.presets = set(fail_on), list(presets)
+        self.attempts, self.freed, self.steps_down = 0, 0, []
+
+    def next_block(self, steering):
+        self.attempts += 1
+        if self.attempts in self.fail_on:
+            raise cuda_oom()
+        return super().next_block(steering)
+
+    def on_oom(self) -> None:
+        self.freed += 1
+        super().on_oom()
+
+    def step_down(self) -> str | None:
+        name = self.presets.pop(0) if self.presets else None
+        self.steps_down.append(name)
+        return name
+
+
+def serve_events(gen, monkeypatch, until, timeout=20.0) -> tuple[Daemon, list[dict]]:
+    """An in-process daemon on ``gen``; its events until ``until(events)`` holds."""
+    monkeypatch.setattr("sfbridge.engine.RETRY_DELAY_S", 0.05)
+    control, frames = endpoints()
+    d = Daemon(DaemonConfig(control=control, frames=frames, pace="off"), gen)
+    sock = sub_socket(zmq.Context.instance(), frames, "event")
+    d.start()
+    events, deadline = [], time.monotonic() + timeout
+    while not until(events) and time.monotonic() < deadline:
+        if sock.poll(100):
+            events.append(msgpack.unpackb(sock.recv_multipart()[1]))
+    sock.close()
+    return d, events
+
+
+def of_type(events: list[dict], kind: str) -> list[dict]:
+    return [e for e in events if e["type"] == kind]
+
+
+def test_one_oom_frees_caches_and_restarts_the_scene(monkeypatch):
+    gen = OomSource({3})
+    d, events = serve_events(gen, monkeypatch, lambda evs: len(of_type(evs, "started")) >= 2 and gen.attempts >= 6)
+    try:
+        errors = of_type(events, "error")
+        assert [e["code"] for e in errors] == ["out_of_memory"], errors
+        assert "CUDA out of memory" in errors[0]["message"] and "caches freed" in errors[0]["message"]
+        assert gen.freed == 1 and gen.steps_down == [] and not of_type(events, "warning")
+        assert len(of_type(events, "started")) >= 2  # a new scene after the OOM
+    finally:
+        d.stop()
+
+
+def test_a_second_oom_within_a_few_blocks_steps_down_and_says_so(monkeypatch):
+    gen = OomSource({3, 4, 12, 30, 31})  # 3+4: step down; 12 alone: no; 30+31: step down again
+    d, events = serve_events(gen, monkeypatch, lambda evs: gen.attempts >= 33)
+    try:
+        assert gen.freed == 5 and gen.steps_down == ["balanced", "fast"]
+        warnings = of_type(events, "warning")
+        assert [w["preset"] for w in warnings] == ["balanced", "fast"] and "stepped down to 'balanced'" in \
+            warnings[0]["message"]
+        assert [e["code"] for e in of_type(events, "error")] == ["out_of_memory"] * 5
+        with_status = d.status()["warnings"]
+        assert any("'balanced'" in w for w in with_status) and any("'fast'" in w for w in with_status)
+    finally:
+        d.stop()
+
+
+def test_nothing_lighter_is_said_in_the_error(monkeypatch):
+    gen = OomSource({2, 3}, presets=())
+    d, events = serve_events(gen, monkeypatch, lambda evs: gen.attempts >= 5)
+    d.stop()
+    assert gen.steps_down == [None] and not of_type(events, "warning")
+    assert "no lighter preset" in of_type(events, "error")[1]["message"]
+
+
+def test_tiny_steps_down_by_shrinking_its_window(monkeypatch):
+    from sfbridge.generators.tiny import TinyGenerator
+
+    class OomTiny(TinyGenerator):
+        attempts = 0
+
+        def submit_block(self, steering, *inputs):
+            OomTiny.attempts += 1
+            if OomTiny.attempts in (3, 4):
+                raise cuda_oom()
+            return super().submit_block(steering, *inputs)
+
+    gen = OomTiny(width=32, height=32, decoder="preview", window=9)
+    d, events = serve_events(gen, monkeypatch, lambda evs: OomTiny.attempts >= 8)
+    try:
+        assert [w["preset"] for w in of_type(events, "warning")] == ["window 6"]
+        assert gen.pipe.cfg.local_attn_size == 6 and d.status()["window_frames"] == 9  # status: start-up facts
+        assert d.engine_stats.frames_total > 0 and OomTiny.attempts >= 8  # it streams on after the step-down
+    finally:
+        d.stop()
+    assert gen.step_down() == "window 3" and gen.step_down() is None  # block + sink (0) is the floor
+
+
+# --- 5. model faults: damaged checkpoints -------------------------------------------------------------------
+
+
+def small_checkpoints(tmp_path):
+    """The same small state dict as a torch zip (.pt) and as .safetensors; -> (paths, state dict)."""
+    import torch
+    from safetensors.torch import save_file
+
+    sd = {"weight": torch.randn(32, 16), "bias": torch.randn(32)}
+    torch.save(sd, tmp_path / "model.pt")
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    return {".pt": tmp_path / "model.pt", ".safetensors": tmp_path / "model.safetensors"}, sd
+
+
+def damaged(src, dst, cut: int = 0, flip: int | None = None):
+    data = bytearray(src.read_bytes())
+    if flip is not None:
+        data[flip] ^= 0x01
+    dst.write_bytes(bytes(data[:len(data) - cut]))
+    return dst
+
+
+def pickle_offset(path) -> int:
+    """Where the pickle (data.pkl) of a torch zip starts: its local header, name and extra field skipped."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("data.pkl"))
+    raw = path.read_bytes()
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+@pytest.mark.parametrize("cut", [1, 100, 0.5])
+def test_a_truncated_checkpoint_is_refused_naming_the_file(tmp_path, suffix, cut):
+    from sfbridge.model.files import ModelFileError, read_state_dict
+
+    paths, _ = small_checkpoints(tmp_path)
+    size = paths[suffix].stat().st_size
+    bad = damaged(paths[suffix], tmp_path / f"cut{suffix}", cut=int(size * cut) if cut < 1 else int(cut))
+    with pytest.raises(ModelFileError, match="truncated") as info:
+        read_state_dict(bad)
+    assert str(bad) in str(info.value)
+
+
+def test_a_flipped_byte_in_a_header_is_refused(tmp_path):
+    from sfbridge.model.files import ModelFileError, read_state_dict
+
+    paths, _ = small_checkpoints(tmp_path)
+    pt = damaged(paths[".pt"], tmp_path / "pkl.pt", flip=pickle_offset(paths[".pt"]) + 20)  # inside the pickle
+    st = damaged(paths[".safetensors"], tmp_path / "hdr.safetensors", flip=20)  # inside the JSON header
+    for bad in (pt, st):
+        with pytest.raises(ModelFileError) as info:
+            read_state_dict(bad)
+        assert str(bad) in str(info.value) and "damaged" in str(info.value)
+
+
+def test_a_flipped_byte_in_a_tensor_of_a_torch_checkpoint_is_refused(tmp_path):
+    """torch itself loads such a file silently with one wrong weight; the zip's CRC-32 finds it."""
+    import torch
+
+    from sfbridge.model.files import ModelFileError, read_state_dict
+
+    paths, sd = small_checkpoints(tmp_path)
+    raw = paths[".pt"].read_bytes()
+    at = raw.index(sd["weight"].numpy().tobytes()[:64]) + 100
+    bad = damaged(paths[".pt"], tmp_path / "tensor.pt", flip=at)
+    assert not torch.equal(torch.load(bad, weights_only=True)["weight"], sd["weight"])  # what torch does
+    with pytest.raises(ModelFileError, match="Bad CRC-32") as info:
+        read_state_dict(bad)
+    assert str(bad) in str(info.value)
+    assert torch.equal(read_state_dict(paths[".pt"])["weight"], sd["weight"])  # the intact file still loads
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_tensor_of_the_wrong_shape_is_refused_naming_file_and_key(tmp_path, suffix):
+    import torch
+    from safetensors.torch import save_file
+
+    from sfbridge.model.files import ModelFileError, load_strict, read_state_dict
+
+    sd = {"weight": torch.randn(16, 32), "bias": torch.randn(32)}  # weight transposed: same bytes, wrong shape
+    path = tmp_path / f"wrong{suffix}"
+    torch.save(sd, path) if suffix == ".pt" else save_file(sd, str(path))
+    with pytest.raises(ModelFileError) as info:
+        load_strict(torch.nn.Linear(16, 32), read_state_dict(path), path)
+    assert str(path) in str(info.value) and "'weight'" in str(info.value) and "[16, 32]" in str(info.value)
+
+
+def test_self_forcing_steps_down_through_the_presets(tmp_path):
+    """balanced (window 12) -> fast (9) -> nothing lighter (quality -> balanced is the same path), on the
+    tiny weights in the official layout (CPU); without taew2_1.pth the VAE stays. Blocks still come."""
+    from test_self_forcing_generator import TINY, build_tiny_model_dir
+
+    from sfbridge.generators import Steering, create_generator
+
+    gen = create_generator("self-forcing", model_dir=str(build_tiny_model_dir(tmp_path)),
+                           **{**TINY, "window": 12, "sink": 3, "warmup": False})
+    try:
+        s = Steering(prompt="a lake", seed=1)
+        names = []
+        for _ in range(2):
+            names.append(gen.step_down())
+            gen.on_oom()
+            gen.reset(s)
+            frames = gen.next_block(s).frames
+            assert frames.shape[0] == 9 and frames.dtype.name == "uint8"
+        assert names == ["fast", None]
+        assert (gen.pipe.cfg.local_attn_size, gen.pipe.cfg.sink_size) == (9, 3)
+        assert gen._steps == (1000.0, 500.0, 250.0) and gen.decoder.name == "vae"
+    finally:
+        gen.close()

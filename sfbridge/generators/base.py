@@ -13,6 +13,8 @@ clients and the tests never know which one runs.
 
 from __future__ import annotations
 
+import gc
+import sys
 from abc import ABC, abstractmethod
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -190,6 +192,20 @@ class Generator(ABC):
         The daemon calls it from a worker thread as soon as a prompt request arrives, so the block
         that applies the prompt does not stall on it. Default: nothing to prepare.
         """
+
+    def on_oom(self) -> None:
+        """Out of GPU memory inside a block: free what can be rebuilt (engine thread; the engine resets the
+        scene next, see sfbridge/oom.py). Default: collect garbage and hand PyTorch's cached CUDA blocks back,
+        when CUDA is in use. Subclasses drop their own caches first, then call this."""
+        torch = sys.modules.get("torch")  # never imported here: testsrc runs without torch
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    def step_down(self) -> str | None:
+        """Switch to a lighter configuration after repeated OOMs -> its name (e.g. a preset), or None when
+        there is nothing lighter. Takes effect from the next scene; the engine resets the scene next."""
+        return None
 
     def close(self) -> None:
         """Free resources (GPU memory, files). Called once, from the engine thread."""

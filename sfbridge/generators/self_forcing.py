@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from sfbridge.generators.base import GeneratorError, Steering
+from sfbridge.generators.overlap import DecodeStage
 from sfbridge.generators.streaming import FrameDecoder, StreamingGenerator, TAEHVFrames, VAEFrames
 from sfbridge.generators.v2v import InputEncoder
 
@@ -237,6 +238,32 @@ class SelfForcingGenerator(StreamingGenerator):
                 "gpu": gpu, "latent": [c.latent_h, c.latent_w], "steps": list(self._steps),
                 "text_encoder_device": str(self.text.device), "model_dir": str(self.files.model_dir),
                 "attn": self.attn, "attn_reason": self.attn_reason}
+
+    def on_oom(self) -> None:
+        with self.text._lock:  # prompt embeddings on the GPU: re-encoded when a prompt needs them again
+            self.text.cache.clear()
+        super().on_oom()
+
+    def step_down(self) -> str | None:
+        """The next lighter preset (quality -> balanced -> fast) after repeated OOMs: its window, sink and
+        steps; its TAEHV decoder when the file is there (else the decoder stays). FP8 is not switched on
+        while serving (it converts the weights). Applies from the next scene -> the preset's name, or None."""
+        from sfbridge.model.presets import PRESETS
+
+        c = self.pipe.cfg
+        lighter = [p for p in PRESETS.values() if p.window < c.local_attn_size]
+        if not lighter:
+            return None
+        preset = max(lighter, key=lambda p: p.window)
+        self._shrink_window(preset.window, preset.sink)
+        self.default_steps = tuple(float(s) for s in preset.steps)
+        if preset.decoder == "taehv" and self.decoder.name != "taehv" and "taehv" not in self.files.missing:
+            self.stage.close()  # waits for decodes in flight: nothing uses the old decoder after this
+            self.decoder = self._load_decoder(self.files, "taehv", self.pipe.dtype, self.device, None)
+            self.stage = DecodeStage(self.decoder, self.device, overlap=self.stage.overlap)
+        log.warning("stepped down to preset %r: window %d, sink %d, %d steps, decoder %s", preset.name,
+                    preset.window, preset.sink, len(preset.steps), self.decoder.name)
+        return preset.name
 
     def close(self) -> None:
         super().close()  # the decode worker first: it may still hold the decoder

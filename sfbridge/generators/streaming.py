@@ -12,6 +12,7 @@ the DiT is done and the decode runs while the caller starts the next block.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -244,6 +245,26 @@ class StreamingGenerator(Generator):
         if steering.recache:
             self._recached = ident
         return alpha, recache
+
+    def on_oom(self) -> None:
+        """Drop the conditioning caches (rebuilt from the prompt at the next block; the engine resets the
+        scene, which clears the KV cache), then let PyTorch hand its cached CUDA blocks back."""
+        self._text_key, self._cond_last = None, None
+        self._blend, self._blend_from, self._last_embeds = None, None, None
+        super().on_oom()
+
+    def _shrink_window(self, window: int, sink: int) -> None:
+        """A rolling window of ``window`` latent frames (``sink`` kept), from the next reset on: a new
+        pipeline on the same weights (its KV cache is sized by the window), the step list carried over."""
+        from sfbridge.model.pipeline import StreamPipeline
+
+        old = self.pipe
+        cfg = dataclasses.replace(old.cfg, local_attn_size=int(window), sink_size=int(sink))
+        self.pipe = StreamPipeline(old.model, cfg, seed=self._seed)
+        self.pipe.set_steps(self._steps)
+        self._text_key = None
+        del old
+        super().on_oom()  # the old KV cache is garbage now
 
     def set_overlap(self, overlap: bool) -> None:
         """Decode overlapped with the next DiT block (default) or serially, from the next reset on."""

@@ -157,6 +157,16 @@ class TinyGenerator(StreamingGenerator):
 
         return InputEncoder(StreamingVAEEncoder(random_vae_encoder()))
 
+    def step_down(self) -> str | None:
+        """Repeated OOMs: a window one block (3 latent frames) shorter, down to the block plus the sink."""
+        c = self.pipe.cfg
+        window = c.local_attn_size - c.num_frame_per_block
+        if window < c.num_frame_per_block + c.sink_size:
+            return None
+        self._shrink_window(window, c.sink_size)
+        self.cfg = self.pipe.cfg
+        return f"window {window}"
+
 
 def create(**options: Any) -> TinyGenerator:
     return TinyGenerator(**options)
