@@ -77,8 +77,13 @@ class Subscriptions:
         msg = frame.bytes
         if not msg or msg[0] not in (0, 1):
             return False
-        peer = self.peers.get(frame_fd(frame))
-        if peer is None:  # libzmq's own unsubscriptions for a closed connection: _forget did it
+        fd = frame_fd(frame)
+        peer = self.peers.get(fd)
+        if peer is None and fd is not None:
+            self.peers.poll_events()  # its ACCEPTED event may be queued behind the last look
+            peer = self.peers.get(fd)
+        if peer is None:  # libzmq's own unsubscriptions for a closed connection (_forget did it) or stale
+            log.debug("subscription message from fd %s, not a live connection: ignored", fd)
             return False
         topic, now = msg[1:], time.monotonic()
         peer.last_active = now
