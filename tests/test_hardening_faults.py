@@ -171,7 +171,7 @@ def test_a_dead_control_thread_stops_the_daemon_with_an_error_event(make_daemon,
     d = make_daemon()
     sock = events_socket(d)
 
-    def broken(frames):
+    def broken(*_args):
         raise RuntimeError("injected control failure")
 
     d.control._serve_one = broken  # the next request kills the thread inside its own loop
@@ -490,7 +490,6 @@ def test_a_flipped_byte_in_a_header_is_refused(tmp_path):
 def test_a_flipped_byte_in_a_tensor_of_a_torch_checkpoint_is_refused(tmp_path):
     """torch itself loads such a file silently with one wrong weight; the zip's CRC-32 finds it."""
     import torch
-
     from sfbridge.model.files import ModelFileError, read_state_dict
 
     paths, sd = small_checkpoints(tmp_path)
@@ -508,7 +507,6 @@ def test_a_flipped_byte_in_a_tensor_of_a_torch_checkpoint_is_refused(tmp_path):
 def test_a_tensor_of_the_wrong_shape_is_refused_naming_file_and_key(tmp_path, suffix):
     import torch
     from safetensors.torch import save_file
-
     from sfbridge.model.files import ModelFileError, load_strict, read_state_dict
 
     sd = {"weight": torch.randn(16, 32), "bias": torch.randn(32)}  # weight transposed: same bytes, wrong shape
@@ -542,3 +540,62 @@ def test_self_forcing_steps_down_through_the_presets(tmp_path):
         assert gen._steps == (1000.0, 500.0, 250.0) and gen.decoder.name == "vae"
     finally:
         gen.close()
+
+
+# --- 4. prompt encodings bounded under a flood ------------------------------------------------------------------
+
+
+class SlowEncoder(TestSource):
+    """The test pattern with a 50 ms text encoder (the issue's regression), recording every encoding."""
+
+    def __init__(self) -> None:
+        super().__init__(160, 96)
+        self.encoded: list[tuple[float, float, str]] = []  # (start, end, text), monotonic
+
+    def prepare(self, prompt: str) -> None:
+        t0 = time.monotonic()
+        time.sleep(0.05)
+        self.encoded.append((t0, time.monotonic(), prompt))
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_a_prompt_flood_leaves_no_encoding_backlog():
+    """Issue 11 (10): 50,000 prompts in 10 s at a 50 ms encoder left 49,820 encodings queued (41 minutes of
+    work) and +316 MB. Scaled to run here: 5,000 prompts, pipelined as fast as one DEALER sends them."""
+    n = 5000
+    gen = SlowEncoder()
+    control, frames = endpoints()
+    d = Daemon(DaemonConfig(control=control, frames=frames), gen).start()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.connect(control)
+    try:
+        sock.send(msgpack.packb({"op": "ping", "id": -1}))
+        assert sock.poll(5000)
+        sock.recv()
+        rss0, t0 = rss_mb(), time.monotonic()
+        for i in range(n):
+            sock.send(msgpack.packb({"op": "prompt", "id": i, "text": f"flood prompt {i}"}))
+        replies = 0
+        while replies < n and sock.poll(10_000):
+            replies += msgpack.unpackb(sock.recv())["ok"]
+        flood_s = time.monotonic() - t0
+        assert replies == n
+        time.sleep(0.5)  # settle (50 ms) + one encoding (50 ms), with room for a loaded machine
+        idle_at, rss1 = time.monotonic(), rss_mb()
+        last_end = max((end for _, end, _ in gen.encoded), default=t0)
+        assert d.preparer._waiting is None and last_end < idle_at  # drained at once: nothing left to encode
+        assert len(gen.encoded) <= flood_s / 0.05 + 5, (len(gen.encoded), flood_s)  # one at a time, never a queue
+        assert d.box.peek().prompt == f"flood prompt {n - 1}"  # the newest prompt is the one that shows
+        assert rss1 - rss0 < 40, (rss0, rss1)
+        print(f"{n} prompts in {flood_s:.2f} s: {len(gen.encoded)} encodings, "
+              f"{d.preparer.jobs_dropped} dropped, RSS {rss0:.0f} -> {rss1:.0f} MB")
+    finally:
+        sock.close()
+        d.stop()
