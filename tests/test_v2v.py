@@ -29,11 +29,12 @@ from sfbridge.generators.v2v import (
     motion,
 )
 
-W, H = 160, 96
+W, H = 64, 48  # tiny: latents 8x6, seconds per test on a loaded 2-core CPU
+SW, SH = 160, 96  # testsrc
 
 
-def inputs(n: int, seed: int, prev: np.ndarray | None = None) -> InputBlock:
-    frames = np.random.default_rng(seed).integers(0, 256, (n, H, W, 3), dtype=np.uint8)
+def inputs(n: int, seed: int, prev: np.ndarray | None = None, w: int = W, h: int = H) -> InputBlock:
+    frames = np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
     return InputBlock(frames=frames, sources=[("t", seed * 100 + i, 0.0) for i in range(n)], prev=prev)
 
 
@@ -139,15 +140,15 @@ def test_mode_off_or_no_input_is_text_to_video_and_restarts_the_encoder():
 
 
 def test_testsrc_composites_the_input():
-    base = run(TestSource(W, H), T2V, [None, None])
-    full = run(TestSource(W, H), v2v(1.0), [inputs(9, 1), inputs(12, 2)])
+    base = run(TestSource(SW, SH), T2V, [None, None])
+    full = run(TestSource(SW, SH), v2v(1.0), [inputs(9, 1, w=SW, h=SH), inputs(12, 2, w=SW, h=SH)])
     assert all(np.array_equal(a, b) for a, b in zip(base, full, strict=True))  # strength 1: the pattern only
-    src = TestSource(W, H)
+    src = TestSource(SW, SH)
     src.reset(v2v(0.0))
-    feed = inputs(9, 1)
+    feed = inputs(9, 1, w=SW, h=SH)
     out = src.next_block(v2v(0.0), inputs=feed).frames
     body = slice(70, 92)  # below the text strip, above the progress bar
     assert np.array_equal(out[:, body], feed.frames[:, body])  # strength 0: the input itself
-    half = run(TestSource(W, H), v2v(0.5), [feed])[0]
+    half = run(TestSource(SW, SH), v2v(0.5), [feed])[0]
     expect = (feed.frames[:, body].astype(np.int32) + base[0][:, body]) / 2
     assert np.abs(half[:, body] - expect).max() <= 1.0
