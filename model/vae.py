@@ -235,6 +235,19 @@ class Resample(nn.Module):
         return x.reshape(B, T, C // 2, 2 * H, 2 * W).permute(0, 2, 1, 3, 4)
 
 
+def run_stages(
+    x: torch.Tensor, cache: FeatureCache | None, conv1: CausalConv3d, blocks: list[nn.Module], head: nn.Sequential
+) -> torch.Tensor:
+    """The pass Decoder3d and Encoder3d share: conv1, the blocks (each takes the cache), then the
+    head (RMSNorm, SiLU, causal conv; only the conv takes the cache)."""
+    x = conv1(x, cache)
+    for layer in blocks:
+        x = layer(x, cache)
+    for layer in head:
+        x = layer(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
+    return x
+
+
 class Decoder3d(nn.Module):
     """Wan2.1 `Decoder3d`: conv1, middle (res, attn, res), upsample levels, head -> RGB in ~[-1, 1]."""
 
@@ -282,12 +295,7 @@ class Decoder3d(nn.Module):
         return out + [self.head[2]]
 
     def forward(self, x: torch.Tensor, cache: FeatureCache | None) -> torch.Tensor:
-        x = self.conv1(x, cache)
-        for layer in [*self.middle, *self.upsamples]:
-            x = layer(x, cache)
-        for layer in self.head:
-            x = layer(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
-        return x
+        return run_stages(x, cache, self.conv1, [*self.middle, *self.upsamples], self.head)
 
 
 _Half = TypeVar("_Half", bound="WanVAEHalf")

@@ -38,6 +38,7 @@ from .vae import (
     VAEConfig,
     WanVAEDecoder,
     WanVAEHalf,
+    run_stages,
 )
 
 log = logging.getLogger("sfbridge.model.vae_encoder")
@@ -111,12 +112,7 @@ class Encoder3d(nn.Module):
         self.num_cache_slots = len(stateful)
 
     def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
-        x = self.conv1(x, cache)
-        for layer in [*self.downsamples, *self.middle]:
-            x = layer(x, cache)
-        for layer in self.head:
-            x = layer(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
-        return x
+        return run_stages(x, cache, self.conv1, [*self.downsamples, *self.middle], self.head)
 
 
 class WanVAEEncoder(WanVAEHalf):

@@ -148,3 +148,12 @@ class ServeProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def vae_io():
+    """The golden set's official VAE decode/encode inputs and outputs (decoder and encoder tests)."""
+    from safetensors.torch import load_file
+    from vae_golden import VAE_IO_FILE
+
+    return load_file(str(VAE_IO_FILE))

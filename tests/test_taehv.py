@@ -37,18 +37,24 @@ def latents() -> torch.Tensor:
     return torch.randn(1, 7, 16, 4, 6, generator=torch.Generator().manual_seed(1))
 
 
-def _reference_parallel(model: TAEHVDecoder, x: torch.Tensor) -> torch.Tensor:
-    """The published parallel decode: memory = the MemBlock input shifted one step in time, trim 3."""
+def _reference_layers(layers: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """The published parallel pass of [N, T, ...] (decoder and encoder alike): each MemBlock's memory
+    is its input shifted one step in time (zeros at t=0), independent of the model's streaming code."""
     N, T = x.shape[:2]
     h = x.reshape(N * T, *x.shape[2:])
-    for layer in model.decoder:
+    for layer in layers:
         if isinstance(layer, MemBlock):
             hs = h.reshape(N, -1, *h.shape[1:])
             mem = F.pad(hs, (0, 0, 0, 0, 0, 0, 1, 0))[:, : hs.shape[1]].reshape(h.shape)
             h = layer(h, mem)
         else:
             h = layer(h)
-    return h.reshape(N, -1, *h.shape[1:]).clamp(0, 1)[:, model.frames_to_trim :]
+    return h.reshape(N, -1, *h.shape[1:])
+
+
+def _reference_parallel(model: TAEHVDecoder, x: torch.Tensor) -> torch.Tensor:
+    """The published parallel decode: the shifted-memory pass, clamp, trim 3."""
+    return _reference_layers(model.decoder, x).clamp(0, 1)[:, model.frames_to_trim :]
 
 
 def test_config_from_state_dict():
@@ -134,16 +140,7 @@ def clip() -> torch.Tensor:
 
 def _reference_encode(model: TAEHVEncoder, frames01: torch.Tensor) -> torch.Tensor:
     """The published parallel encode of [N, 4k, 3, H, W] in [0, 1]: zero memory at t=0, TPool groups."""
-    N, T = frames01.shape[:2]
-    h = frames01.reshape(N * T, *frames01.shape[2:])
-    for layer in model.encoder:
-        if isinstance(layer, MemBlock):
-            hs = h.reshape(N, -1, *h.shape[1:])
-            mem = F.pad(hs, (0, 0, 0, 0, 0, 0, 1, 0))[:, : hs.shape[1]].reshape(h.shape)
-            h = layer(h, mem)
-        else:
-            h = layer(h)
-    return h.reshape(N, -1, *h.shape[1:])
+    return _reference_layers(model.encoder, frames01)
 
 
 def test_encoder_config_from_state_dict():

@@ -2,12 +2,9 @@
 chunking equals one-shot, the scene framing (9 -> 3, 12 -> 3), causality, uint8 input, strict
 whole-file loading with errors naming file and key, and the tiny random encoder for CPU tests."""
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from sfbridge.model.files import ModelFileError
 from sfbridge.model.vae import VAEConfig, WanVAEDecoder
 from sfbridge.model.vae_encoder import (
@@ -16,19 +13,12 @@ from sfbridge.model.vae_encoder import (
     load_wan_vae,
     uint8_hwc_to_frames,
 )
-
-GOLDEN = Path(__file__).parent / "data" / "golden"
-META = json.loads((GOLDEN / "metadata.json").read_text())
+from vae_golden import GOLDEN, META, VAE_FILE, assert_file_error, golden_vae_config, golden_vae_state_dict
 
 
 @pytest.fixture(scope="module")
 def enc() -> WanVAEEncoder:
-    return WanVAEEncoder.from_file(GOLDEN / "vae.safetensors", VAEConfig.from_dict(META["vae_config"]))
-
-
-@pytest.fixture(scope="module")
-def io() -> dict[str, torch.Tensor]:
-    return load_file(str(GOLDEN / "vae_io.safetensors"))
+    return WanVAEEncoder.from_file(VAE_FILE, golden_vae_config())
 
 
 @pytest.fixture(scope="module")
@@ -52,28 +42,27 @@ def _stream(enc, x, sizes, per_call=4):
 
 
 def test_config_from_encoder_keys_matches_metadata():
-    sd = load_file(str(GOLDEN / "vae.safetensors"))
-    want = VAEConfig.from_dict(META["vae_config"])
+    sd = golden_vae_state_dict()
+    want = golden_vae_config()
     assert VAEConfig.from_state_dict(sd) == want
     enc_only = {k: v for k, v in sd.items() if k.startswith(("encoder.", "conv1."))}
     assert VAEConfig.from_state_dict(enc_only) == want
 
 
-def test_golden_encode(enc, io):
-    px = io["encode_pixels_in"].permute(0, 2, 1, 3, 4)  # golden is [B, 3, T, H, W]
+def test_golden_encode(enc, vae_io):
+    px = vae_io["encode_pixels_in"].permute(0, 2, 1, 3, 4)  # golden is [B, 3, T, H, W]
     out = enc.encode(px)
-    assert out.shape == io["encode_latents_out"].shape
-    torch.testing.assert_close(out, io["encode_latents_out"], atol=1e-4, rtol=1e-4)
+    assert out.shape == vae_io["encode_latents_out"].shape
+    torch.testing.assert_close(out, vae_io["encode_latents_out"], atol=1e-4, rtol=1e-4)
     # a whole block per call is the same math
-    torch.testing.assert_close(enc.encode(px, None), io["encode_latents_out"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(enc.encode(px, None), vae_io["encode_latents_out"], atol=1e-4, rtol=1e-4)
 
 
-def test_golden_through_strict_whole_file_load(io):
-    dec, enc = load_wan_vae(GOLDEN / "vae.safetensors")
-    torch.testing.assert_close(
-        enc.encode(io["encode_pixels_in"].permute(0, 2, 1, 3, 4)), io["encode_latents_out"], atol=1e-4, rtol=1e-4
-    )
-    torch.testing.assert_close(dec.decode(io["latents"]), io["pixels_full"], atol=1e-4, rtol=1e-4)
+def test_golden_through_strict_whole_file_load(vae_io):
+    dec, enc = load_wan_vae(VAE_FILE)
+    px = vae_io["encode_pixels_in"].permute(0, 2, 1, 3, 4)
+    torch.testing.assert_close(enc.encode(px), vae_io["encode_latents_out"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dec.decode(vae_io["latents"]), vae_io["pixels_full"], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("sizes", [[9, 12], [1, 4, 4, 4, 4, 4], [5, 8, 8], [3, 3, 3, 3, 3, 3, 3], [2, 7, 1, 11], [21]])
@@ -131,15 +120,15 @@ def test_batch_of_two(enc, clip):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision(io, dtype):
-    e = WanVAEEncoder.from_file(GOLDEN / "vae.safetensors", dtype=dtype)
-    out = e.encode(io["encode_pixels_in"].permute(0, 2, 1, 3, 4))
+def test_low_precision(vae_io, dtype):
+    e = WanVAEEncoder.from_file(VAE_FILE, dtype=dtype)
+    out = e.encode(vae_io["encode_pixels_in"].permute(0, 2, 1, 3, 4))
     assert out.dtype == dtype and torch.isfinite(out.float()).all()
-    assert (out.float() - io["encode_latents_out"]).abs().mean() < 0.05
+    assert (out.float() - vae_io["encode_latents_out"]).abs().mean() < 0.05
 
 
 def test_whole_file_load_from_pth_is_strict(tmp_path):
-    sd = load_file(str(GOLDEN / "vae.safetensors"))
+    sd = golden_vae_state_dict()
     torch.save(sd, tmp_path / "Wan2.1_VAE.pth")
     dec, enc = load_wan_vae(tmp_path / "Wan2.1_VAE.pth")
     assert isinstance(dec, WanVAEDecoder) and isinstance(enc, WanVAEEncoder)
@@ -148,10 +137,7 @@ def test_whole_file_load_from_pth_is_strict(tmp_path):
 
     def err(bad: dict, *needles: str, encoder: bool = True) -> None:
         torch.save(bad, tmp_path / "bad.pth")
-        with pytest.raises(ModelFileError) as e:
-            load_wan_vae(tmp_path / "bad.pth", encoder=encoder)
-        for n in ("bad.pth", *needles):
-            assert n in str(e.value), str(e.value)
+        assert_file_error(lambda: load_wan_vae(tmp_path / "bad.pth", encoder=encoder), "bad.pth", *needles)
 
     err({k: v for k, v in sd.items() if k != "encoder.middle.1.proj.weight"}, "encoder.middle.1.proj.weight", "missing")
     err({**sd, "encoder.extra.weight": torch.zeros(1)}, "encoder.extra.weight", "unexpected")
@@ -167,12 +153,12 @@ def test_whole_file_load_from_pth_is_strict(tmp_path):
         WanVAEEncoder.from_file(tmp_path / "dec.pth")
 
 
-def test_encoder_only_load_skips_decoder(tmp_path, io):
-    sd = load_file(str(GOLDEN / "vae.safetensors"))
+def test_encoder_only_load_skips_decoder(tmp_path, vae_io):
+    sd = golden_vae_state_dict()
     save_file({k: v for k, v in sd.items() if not k.startswith("decoder.")}, str(tmp_path / "e.safetensors"))
     e = WanVAEEncoder.from_file(tmp_path / "e.safetensors")
     torch.testing.assert_close(
-        e.encode(io["encode_pixels_in"].permute(0, 2, 1, 3, 4)), io["encode_latents_out"], atol=1e-4, rtol=1e-4
+        e.encode(vae_io["encode_pixels_in"].permute(0, 2, 1, 3, 4)), vae_io["encode_latents_out"], atol=1e-4, rtol=1e-4
     )
 
 
