@@ -291,3 +291,40 @@ def test_a_flood_of_input_does_not_slow_the_output_or_grow_memory():
         sub.close()
     finally:
         d.stop()
+
+
+def test_a_raw_zmtp_sender_written_from_the_doc_reaches_the_output(make_daemon):
+    """docs/PROTOCOL.md "Sending without a ZeroMQ library": greeting, READY as PUB, ignore the subscription,
+    then [header, payload] as two ZMTP frames; the frame shows in the testsrc output and its headers."""
+    import socket as sk
+
+    d = make_daemon()
+    sub = sub_socket(zmq.Context.instance(), d.config.frames, "rgb24")
+    with Client(control=d.config.control, frames=d.config.frames) as c:
+        c.request("input", mode="v2v", strength=0.0)
+    host, port = d.config.input.removeprefix("tcp://").rsplit(":", 1)
+    conn = sk.create_connection((host, int(port)))
+    conn.sendall(b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + b"NULL" + b"\0" * 16 + b"\x00" + b"\0" * 31)
+    got = b""
+    while len(got) < 64:
+        got += conn.recv(64 - len(got))
+    assert got[0] == 0xFF and got[10] == 3
+    ready = b"\x05READY\x0bSocket-Type\x00\x00\x00\x03PUB"
+    conn.sendall(bytes([0x04, len(ready)]) + ready)
+    img = np.zeros((H, W, 3), np.uint8)
+    img[:, :, 1] = 200  # all green: strength 0 shows the input itself
+    seq = 0
+
+    def green(h, out, _):
+        nonlocal seq
+        hdr = msgpack.packb({"format": "rgb24", "w": W, "h": H, "t_cap": 1.0, "client": "raw", "seq": seq})
+        payload = img.tobytes()
+        conn.sendall(bytes([0x01, len(hdr)]) + hdr + b"\x02" + len(payload).to_bytes(8, "big") + payload)
+        seq += 1
+        body = out[70:92].astype(int)
+        return h["input"] is not None and h["input"]["client"] == "raw" and body[..., 1].mean() > 190 \
+            and body[..., 0].mean() < 10
+    h, _, _ = frames_until(sub, green)
+    assert h["input"]["t_cap"] == 1.0
+    conn.close()
+    sub.close()
