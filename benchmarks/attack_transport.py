@@ -163,9 +163,12 @@ def log_amp(serve: Serve, n: int) -> dict:
     before = serve.log_bytes()
     d = sock(zmq.DEALER, serve.control)
     big = "x" * 65_000
+    refused = [{"op": "prompt", "text": big}, {"op": big}, {"op": "prompt", "text": "a", "transition": big},
+               {"op": "prompt", "text": "a", "mix": big}, {"op": "prompt", "prompts": [{"text": big, "weight": -1}]},
+               {"op": "seed", "seed": big}, {"op": "prompt", "text": "a", "interp": big}]
     got, t = 0, time.monotonic()
     for i in range(n):
-        d.send(msgpack.packb({"op": "prompt", "id": i, "text": big}))  # invalid_value: too long
+        d.send(msgpack.packb({**refused[i % len(refused)], "id": i}))  # each refused, the 65 KB value in it
         while d.poll(0, zmq.POLLIN):
             d.recv()
             got += 1
@@ -192,8 +195,10 @@ def pipelined(serve: Serve, n: int, late: float) -> dict:
         got += 1
     d.close(0)
     after = stats(serve)
-    counted = {k: after[k] - before.get(k, 0) for k in after
-               if isinstance(after[k], int) and ("drop" in k or "undeliver" in k) and k != "dropped_blocks"}
+    flat_before = {**before, **before.get("transport", {})}  # counters: docs/PROTOCOL.md 3.3 (`transport`)
+    flat_after = {**after, **after.get("transport", {})}
+    counted = {k: v - flat_before.get(k, 0) for k, v in flat_after.items()
+               if isinstance(v, int) and k.startswith("replies_") and ("drop" in k or "undeliver" in k)}
     dropped = sum(counted.values())
     return {"sent": n, "received": got, "counted_dropped": counted, "silent_loss": n - got - dropped}
 
@@ -359,7 +364,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             alive = serve.alive() or name == "stopping"
             r.update(fps_min_1s=round(watcher.min_fps_1s(t0, t1), 1), fps=round(watcher.fps(t0, t1), 1),
                      max_gap_s=round(watcher.max_gap(t0, t1), 2), crashed=not alive,
-                     rss_before_mb=round(rss0, 1), rss_peak_mb=round(watcher.peak("VmRSS", t0, t1) / 1024, 1))
+                     rss_before_mb=round(rss0, 1),
+                     rss_peak_mb=round(max(watcher.peak("VmRSS", t0, t1) / 1024, rss0), 1))
             if serve.alive():
                 r["rss_after_mb"] = round(settle_rss(serve, a.settle), 1)
             results[name] = r
@@ -387,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.quick:
         a.width, a.height, a.settle = 320, 192, 1.0
-        a.garbage_wait, a.idle_wait = min(a.garbage_wait, 6.0), min(a.idle_wait, 2.0)
+        a.garbage_wait, a.idle_wait = min(a.garbage_wait, 8.0), min(a.idle_wait, 2.0)
     results = run(a)
     print("transport attacks | " + " | ".join(short(k, r) for k, r in results.items()), flush=True)
     write_json(a.json, results)
