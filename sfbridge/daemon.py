@@ -171,7 +171,8 @@ class Daemon:
     def threads(self) -> list[threading.Thread]:
         """Every thread the daemon cannot run without. The decode worker (overlapped generators) is not
         here: its failures come back through each block's future and restart the scene (engine.py)."""
-        return [self.engine.thread, self.control.thread, self.publisher.thread, self.preparer.thread]
+        inp = [self.input.thread] if self.input is not None else []  # game frames in: dead means no v2v
+        return [self.engine.thread, self.control.thread, self.publisher.thread, self.preparer.thread, *inp]
 
     def _recording(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn``, noting what it raises past the thread's own handlers (a BaseException) as ``name``'s death."""
@@ -188,7 +189,8 @@ class Daemon:
     def failure(self, name: str) -> BaseException | None:
         """What killed thread ``name``, when it is known (engine, control and publisher note their own)."""
         owner = {self.engine.thread.name: self.engine, self.control.thread.name: self.control,
-                 self.publisher.thread.name: self.publisher}.get(name)
+                 self.publisher.thread.name: self.publisher,
+                 **({self.input.thread.name: self.input} if self.input is not None else {})}.get(name)
         return self.failures.get(name) or getattr(owner, "failure", None)
 
     def dead_thread(self) -> str | None:

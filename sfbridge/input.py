@@ -96,6 +96,7 @@ class InputServer:
         self._lock = threading.Lock()  # clients: the input thread writes, `status` reads
         self.stop_event = threading.Event()
         self.decode_ms = 0.0  # last accepted frame's decode + resize time
+        self.failure: BaseException | None = None  # what killed the thread, if it died
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, RCVHWM)
@@ -125,7 +126,8 @@ class InputServer:
             while not self.stop_event.is_set():
                 if self.sock.poll(POLL_MS, zmq.POLLIN):
                     self._drain()
-        except Exception:  # pragma: no cover - last line of defence
+        except Exception as exc:  # last line of defence: the daemon's watch (daemon.py) reports it and exits
+            self.failure = exc
             log.exception("input thread died")
         finally:
             self.sock.close(linger=0)
