@@ -185,9 +185,9 @@ class Publisher:
             log.exception("publisher thread died")
         finally:
             self._send_stopping()
-            self.subs.stop()
             # Linger: close() must not discard the `stopping` event still queued in libzmq's pipes.
             self.sock.close(linger=int(STOP_FLUSH_S * 1000))
+            self.subs.stop()
             os.close(self._wake_r)
             os.close(self._wake_w)
 

@@ -149,6 +149,7 @@ class PeerTable:
         self.evictable = evictable
         self.peers: dict[int, Peer] = {}
         self.closed = 0  # connections the daemon closed (cap, idle, abuse)
+        self.sock = sock
         self.monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self._next_sweep = time.monotonic() + 1.0
 
@@ -202,6 +203,13 @@ class PeerTable:
             self.on_gone(peer)
 
     def stop(self) -> None:
+        """Stop the monitor before closing its reader: libzmq crashed at shutdown when events (a peer
+        reconnecting in a loop) still went to a closed monitor socket."""
+        if not self.sock.closed:
+            try:
+                self.sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
         self.monitor.close(linger=0)
 
 
