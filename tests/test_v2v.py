@@ -152,3 +152,29 @@ def test_testsrc_composites_the_input():
     half = run(TestSource(SW, SH), v2v(0.5), [feed])[0]
     expect = (feed.frames[:, body].astype(np.int32) + base[0][:, body]) / 2
     assert np.abs(half[:, body] - expect).max() <= 1.0
+
+
+def test_self_forcing_loads_its_encoder_on_the_first_v2v_block(tmp_path):
+    """The real generator on CPU with the golden tiny files in the official layout: the VAE encoder half of
+    Wan2.1_VAE.pth loads only when v2v is first used; strength 1.0 stays text-to-video bit for bit."""
+    from sfbridge.model.vae_encoder import StreamingVAEEncoder
+    from test_self_forcing_generator import TINY, build_tiny_model_dir
+
+    from sfbridge.generators import create_generator
+
+    model_dir = str(build_tiny_model_dir(tmp_path))
+    gens = [create_generator("self-forcing", model_dir=model_dir, **TINY) for _ in range(3)]
+    try:
+        t2v = run(gens[0], T2V, [None, None])
+        assert gens[1]._v2v is None
+        same = run(gens[1], v2v(1.0), feeds(1)[:2])
+        assert gens[1]._v2v is None and all(np.array_equal(a, b) for a, b in zip(t2v, same, strict=True))
+        restyled = run(gens[1], v2v(0.7), feeds(1)[:2])
+        assert isinstance(gens[1]._v2v.stream, StreamingVAEEncoder)
+        again = run(gens[2], v2v(0.7), feeds(1)[:2])
+        other = run(gens[2], v2v(0.7), feeds(60)[:2])
+        assert all(np.array_equal(a, b) for a, b in zip(restyled, again, strict=True))
+        assert not any(np.array_equal(a, b) for a, b in zip(restyled, other, strict=True))
+    finally:
+        for g in gens:
+            g.close()
