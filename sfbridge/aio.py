@@ -91,7 +91,11 @@ class AsyncClient:
         body = request_body(op, rid, args)
         for _attempt in range(self.retries):
             sock = self._socket()
-            await sock.send(body)
+            try:
+                await sock.send(body, zmq.NOBLOCK)
+            except zmq.Again:  # no pipe left: a refused handshake (see sfbridge.client.send_now)
+                self._drop_socket()
+                continue
             while await sock.poll(int(self.timeout * 1000), zmq.POLLIN):
                 result = reply_result(unpack(await sock.recv()), rid)
                 if result is not None:

@@ -152,6 +152,20 @@ def check_seed(seed: int) -> int:
     return seed
 
 
+def send_now(sock: zmq.Socket, body: bytes) -> bool:
+    """Queue a request without blocking; False when the DEALER has no pipe left.
+
+    That happens after a refused handshake (an unknown CURVE key, a NULL client at a CURVE daemon):
+    libzmq drops the connection for good and a blocking send would wait forever. A daemon that is
+    merely absent leaves the pipe in place (the request waits in it), so this is only the refusal.
+    """
+    try:
+        sock.send(body, zmq.NOBLOCK)
+        return True
+    except zmq.Again:
+        return False
+
+
 def no_frames_hint(keys: ClientKeys | None) -> str:
     return " (with CURVE: is this client's key admitted by the daemon?)" if keys is not None else ""
 
@@ -231,7 +245,11 @@ class Client:
         body = request_body(op, rid, args)
         for attempt in range(1, self.retries + 1):
             sock = self._socket()
-            sock.send(body)
+            if not send_now(sock, body):
+                log.info("daemon at %s refused the handshake (attempt %d/%d)", self.control_endpoint, attempt,
+                         self.retries)
+                self._drop_socket()
+                continue
             deadline_ms = int(self.timeout * 1000)
             while sock.poll(deadline_ms, zmq.POLLIN):
                 result = reply_result(unpack(sock.recv()), rid)

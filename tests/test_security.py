@@ -22,7 +22,7 @@ from conftest import REPO, endpoints, free_port
 from sfbridge.aio import AsyncClient
 from sfbridge.client import Client, DaemonUnavailable
 from sfbridge.daemon import Daemon, DaemonConfig
-from sfbridge.security import AccessError, check_bind, client_keys, is_local_endpoint, keygen
+from sfbridge.security import AccessError, KeyRing, check_bind, client_keys, is_local_endpoint, keygen
 
 SMALL = {"width": 160, "height": 96}
 
@@ -49,8 +49,8 @@ def keys(tmp_path: Path) -> dict[str, Path]:
 @pytest.fixture
 def curve_daemon(keys):
     control, frames = endpoints()
-    cfg = DaemonConfig(control=control, frames=frames, model_options=SMALL, curve_secret=str(keys["daemon.key_secret"]),
-                       curve_allow=str(keys["allow"]))
+    cfg = DaemonConfig(control=control, frames=frames, input=f"tcp://127.0.0.1:{free_port()}", model_options=SMALL,
+                       curve_secret=str(keys["daemon.key_secret"]), curve_allow=str(keys["allow"]))
     d = Daemon(cfg).start()
     yield d
     d.stop()
@@ -84,6 +84,12 @@ def test_daemon_refuses_a_wildcard_bind_before_loading_anything() -> None:
     control = f"tcp://*:{free_port()}"
     with pytest.raises(AccessError, match="reachable from other machines"):
         Daemon(DaemonConfig(control=control, frames=endpoints()[1], model_options=SMALL))
+
+
+def test_input_socket_falls_under_the_rule_too() -> None:
+    control, frames = endpoints()
+    with pytest.raises(AccessError, match=r"input tcp://0\.0\.0\.0"):
+        Daemon(DaemonConfig(control=control, frames=frames, input=f"tcp://0.0.0.0:{free_port()}", model_options=SMALL))
 
 
 def test_insecure_bind_serves_and_says_so_in_status() -> None:
@@ -229,6 +235,17 @@ def test_async_client_with_keys(curve_daemon, keys) -> None:
     assert asyncio.run(go())["security"]["mechanism"] == "CURVE"
 
 
+def test_every_server_socket_is_a_curve_server(curve_daemon) -> None:
+    """One bind() configures them all: control, frames and the input socket."""
+    socks = {"control": curve_daemon.control.sock, "frames": curve_daemon.publisher.sock}
+    if curve_daemon.input is not None:
+        socks["input"] = curve_daemon.input.sock
+    assert "input" in socks
+    for name, sock in socks.items():
+        if not sock.closed:
+            assert sock.curve_server == 1 and sock.mechanism == zmq.CURVE, name
+
+
 def test_unknown_key_gets_no_reply_and_no_frame(curve_daemon, keys) -> None:
     cfg = curve_daemon.config
     with Client(control=cfg.control, frames=cfg.frames, timeout=0.7, retries=2, server_key=keys["daemon.key"],
@@ -240,8 +257,28 @@ def test_unknown_key_gets_no_reply_and_no_frame(curve_daemon, keys) -> None:
             for frame in c.subscribe("jpeg", timeout=1.5):
                 received.append(frame)
     assert received == []
-    assert curve_daemon.access.snapshot()["refused"] >= 2  # the ZAP handler saw and refused it
+    assert curve_daemon.access.snapshot()["refused"] >= 1  # the ZAP handler saw and refused it
     assert not curve_daemon.status()["stats"]["subscribers"]  # no subscription ever got through
+
+
+def test_refused_handshake_before_the_first_send_does_not_hang(curve_daemon, keys) -> None:
+    """libzmq drops a refused connection for good: a blocking send on that DEALER would wait forever.
+
+    The socket is opened and left alone until the handshake has failed, then the request is made
+    (under load this happens on its own, between connect and send).
+    """
+    cfg = curve_daemon.config
+    with Client(control=cfg.control, frames=cfg.frames, timeout=0.7, retries=2, server_key=keys["daemon.key"],
+                client_key=keys["stranger.key_secret"]) as c:
+        c._socket()
+        deadline = time.monotonic() + 10
+        while curve_daemon.access.snapshot()["refused"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the ERROR command reaches the client and its session ends
+        t0 = time.monotonic()
+        with pytest.raises(DaemonUnavailable):
+            c.ping()
+        assert time.monotonic() - t0 < 5
 
 
 def test_wrong_server_key_gets_nothing(curve_daemon, keys) -> None:
@@ -322,3 +359,42 @@ def test_serve_needs_both_curve_options(keys) -> None:
                 str(empty), "--control", f"tcp://127.0.0.1:{free_port()}", "--frames",
                 f"tcp://127.0.0.1:{free_port()}")
     assert r.returncode == 2 and "holds no *.key file" in r.stderr
+
+
+def test_refused_keys_are_counted_and_logged_at_most_once_per_period(caplog) -> None:
+    """A stranger reconnecting every 100 ms must not fill the log (issue 11, defect 4's lesson)."""
+    ring = KeyRing({b"k" * 40: "game.key"}, "allow/")
+    with caplog.at_level("WARNING", logger="sfbridge.security"):
+        results = [ring.callback("*", b"x" * 40) for _ in range(500)]
+    assert not any(results) and ring.refused == 500
+    assert len([r for r in caplog.records if "refused a CURVE client" in r.getMessage()]) == 1
+    assert ring.callback("*", b"k" * 40) and ring.admitted == 1
+
+
+def test_viewer_with_keys(curve_daemon, keys, tmp_path: Path) -> None:
+    """`sfbridge view` steers and shows a CURVE daemon with the key options; a stranger's key gets exit 3."""
+    pytest.importorskip("pygame")
+    cfg = curve_daemon.config
+    shot = tmp_path / "shot.png"
+    base = ["view", "--control", cfg.control, "--frames", cfg.frames, "--server-key", str(keys["daemon.key"]),
+            "--no-overlay", "--timeout", "2"]
+    env = {"SDL_VIDEODRIVER": "dummy"}
+    r = run_cli(*base, "--client-key", str(keys["game.key_secret"]), "--screenshot", str(shot), env=env)
+    assert r.returncode == 0, r.stderr
+    assert shot.stat().st_size > 0 and Path(f"{shot}.json").exists()
+    r = run_cli(*base, "--client-key", str(keys["stranger.key_secret"]), "--screenshot", str(shot), env=env)
+    assert r.returncode == 3 and "curve-allow" in r.stderr
+
+
+def test_bench_curve_quick() -> None:
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_curve.py"), "--quick"], capture_output=True,
+                       text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split("|") for line in r.stdout.splitlines() if line.startswith(("jpeg", "rgb24"))}
+    assert set(rows) == {"jpeg", "rgb24"}
+    assert 40_000 < int(rows["jpeg"][0].split()[1]) < 70_000 and int(rows["rgb24"][0].split()[1]) == 832 * 480 * 3
+    for fmt, groups in rows.items():  # wall, CPU, latency: NULL, CURVE, ratio each
+        assert len(groups) == 4, groups
+        for group in groups[1:]:
+            null, curve, ratio = (float(v) for v in group.split())
+            assert null > 0 and curve > 0 and ratio > 0, (fmt, group)  # figures, not a speed claim: a loaded CI
