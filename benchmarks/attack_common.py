@@ -8,6 +8,7 @@ everything measured about the daemon comes from outside: its RSS, threads and fi
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import resource
 import signal
@@ -139,10 +140,41 @@ class Serve:
         return self.proc.returncode
 
 
+def _watch(endpoint: str, pid: int, topic: str, stop: Any, out: Any) -> None:
+    """The watcher's own process: a new frame's receive time, and a /proc sample every 0.2 s, go to ``out``."""
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 4)
+    sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    sock.connect(endpoint)
+    last_seq, next_sample = -1, 0.0
+    while not stop.is_set():
+        now = time.monotonic()
+        if now >= next_sample:
+            out.send(("sample", now, proc_status(pid)))
+            next_sample = now + 0.2
+        if not sock.poll(50, zmq.POLLIN):
+            continue
+        while True:
+            try:
+                msg = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            seq = msgpack.unpackb(msg[1]).get("seq", -1) if len(msg) == 3 else -1
+            if seq > last_seq:  # last-value re-sends repeat a seq: not a new frame
+                last_seq = seq
+                out.send(("frame", time.monotonic(), None))
+    out.send(("end", 0.0, None))
+    sock.close(0)
+
+
 @dataclass
 class Watcher:
     """A well-behaved subscriber (RCVHWM 4, drains every tick) that timestamps each new frame it gets,
-    and samples the daemon's RSS, threads and descriptors meanwhile."""
+    and samples the daemon's RSS, threads and descriptors meanwhile.
+
+    It runs in a process of its own, like a real client: in the attacker's process it would compete
+    for the GIL with the attack's own Python threads and report their cost as the daemon's."""
 
     endpoint: str
     pid: int
@@ -151,40 +183,35 @@ class Watcher:
     samples: list[tuple[float, dict[str, int]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watcher", daemon=True)
+        mp = multiprocessing.get_context("spawn")
+        self._stop = mp.Event()
+        self._conn, child = mp.Pipe(duplex=False)
+        self._proc = mp.Process(target=_watch, args=(self.endpoint, self.pid, self.topic, self._stop, child),
+                                daemon=True)
+        self._proc.start()
+        child.close()
+        self._thread = threading.Thread(target=self._collect, name="watcher", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        sock = zmq.Context.instance().socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, 4)
-        sock.setsockopt(zmq.SUBSCRIBE, self.topic.encode())
-        sock.connect(self.endpoint)
-        last_seq, next_sample = -1, 0.0
+    def _collect(self) -> None:
         try:
-            while not self._stop.is_set():
-                now = time.monotonic()
-                if now >= next_sample:
-                    self.samples.append((now, proc_status(self.pid)))
-                    next_sample = now + 0.2
-                if not sock.poll(50, zmq.POLLIN):
-                    continue
-                while True:
-                    try:
-                        msg = sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    seq = msgpack.unpackb(msg[1]).get("seq", -1) if len(msg) == 3 else -1
-                    if seq > last_seq:  # last-value re-sends repeat a seq: not a new frame
-                        last_seq = seq
-                        self.times.append(time.monotonic())
-        finally:
-            sock.close(0)
+            while True:
+                kind, t, sample = self._conn.recv()
+                if kind == "end":
+                    return
+                if kind == "frame":
+                    self.times.append(t)
+                else:
+                    self.samples.append((t, sample))
+        except (EOFError, OSError):
+            return
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
 
     def fps(self, t0: float, t1: float) -> float:
         n = bisect_right(self.times, t1) - bisect_left(self.times, t0)

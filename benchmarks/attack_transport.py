@@ -360,6 +360,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 r = attack(serve)
             except Exception as exc:  # an attack that cannot finish says why, the rest still run
                 r = {"error": f"{type(exc).__name__}: {exc}"}
+            time.sleep(max(0.0, t0 + 1.0 - time.monotonic()))  # at least one second of frames to judge
             t1 = time.monotonic()
             alive = serve.alive() or name == "stopping"
             r.update(fps_min_1s=round(watcher.min_fps_1s(t0, t1), 1), fps=round(watcher.fps(t0, t1), 1),
