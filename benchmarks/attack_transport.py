@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.quick:
         a.width, a.height, a.settle = 320, 192, 1.0
-        a.garbage_wait, a.idle_wait = min(a.garbage_wait, 8.0), min(a.idle_wait, 2.0)
+        a.garbage_wait, a.idle_wait = min(a.garbage_wait, 12.0), min(a.idle_wait, 2.0)
     results = run(a)
     print("transport attacks | " + " | ".join(short(k, r) for k, r in results.items()), flush=True)
     write_json(a.json, results)
