@@ -57,13 +57,26 @@ STEP_RANGE = (1, 1000)  # protocol.py: each denoising step is a timestep in 1..1
 log = logging.getLogger("sfbridge.cli")
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the object it was at set-up: a
+    program that runs ``main()`` in-process (tests, embedders) may swap or close its stderr later, while
+    daemon threads started by that call still log."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:  # what StreamHandler.emit writes to
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:  # StreamHandler.__init__ assigns it; the property wins
+        pass
+
+
 def configure_logging(level: str) -> None:
     logging.config.dictConfig({
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain",
-                                "stream": "ext://sys.stderr"}},
+        "handlers": {"stderr": {"class": "sfbridge.cli.StderrHandler", "formatter": "plain"}},
         "loggers": {"sfbridge": {"handlers": ["stderr"], "level": level.upper(), "propagate": False}},
     })
 
