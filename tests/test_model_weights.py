@@ -75,7 +75,7 @@ def test_bad_files(tmp_path: Path, cfg: ModelConfig, sd: dict) -> None:
     torch.save({"generator_ema": sd}, good)
     data = good.read_bytes()
     (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
-    _expect(tmp_path / "trunc.pt", cfg, "not a readable torch checkpoint")
+    _expect(tmp_path / "trunc.pt", cfg, "damaged torch checkpoint", "truncated")
     (tmp_path / "rand.pt").write_bytes(torch.randint(0, 256, (5000,), generator=torch.Generator().manual_seed(0))
                                        .to(torch.uint8).numpy().tobytes())
     _expect(tmp_path / "rand.pt", cfg, "not a readable")
