@@ -95,7 +95,11 @@ class Observer:
             if not s.poll(100, zmq.POLLIN):
                 continue
             ev = msgpack.unpackb(s.recv_multipart()[1])
-            if ev.get("type") in ("started", "state"):
+            # A scene's events belong to the stream of the `started` before them. A `state` event (sent to
+            # every event subscriber when one joins) names the stream the daemon set up last, which a
+            # reset has already changed while the old scene's blocks and events still come: only the
+            # first one counts, for the scene that was running when the observer joined.
+            if ev.get("type") == "started" or (ev.get("type") == "state" and not stream):
                 stream = ev["stream"]
             if ev.get("type") in ("applied", "superseded", "cancelled", "started"):
                 with self.lock:
@@ -242,12 +246,15 @@ def subscriber_churn(endpoint: str, stop: threading.Event, counter: list[int]) -
         counter[0] += 1
 
 
-def violations(churn: Churn, seen: Stream, announced: collections.Counter) -> tuple[dict[str, int], dict[str, int]]:
+def violations(churn: Churn, seen: Stream, announced: collections.Counter) -> tuple[dict[str, int], dict[str, Any]]:
     """Each promise of a reply checked against the stream (see the module docstring) -> (violations, notes).
 
-    A note, not a violation: a `started` event carries the scene's state_id when it starts, which is a
-    newer change's when one was accepted between the reset's reply and the new scene's block 0."""
+    Notes, not violations (docs/PROTOCOL.md does not say either): a `started` event carries the scene's
+    state_id when it starts, which is a newer change's when one was accepted between the reset's reply
+    and the new scene's block 0; and a reset followed by another before its scene began gets no `started`
+    (its stream never runs)."""
     v, notes = collections.Counter(), collections.Counter()
+    examples: list[dict] = []
     first_event: dict[int, tuple[dict, str]] = {}
     started: dict[str, dict] = {}
     for ev, stream in zip(seen.events, seen.stream_of_event, strict=True):
@@ -267,13 +274,17 @@ def violations(churn: Churn, seen: Stream, announced: collections.Counter) -> tu
             continue
         if seen.frames.get((stream, block), {ev["state"]}) != {ev["state"]}:
             v["frame_state"] += 1
+            if len(examples) < 5:
+                examples.append({"event": ev, "stream": stream, "frame_states": sorted(seen.frames[(stream, block)])})
         if not change["scheduled"] and block > 0 and any(s >= sid for s in seen.frames.get((stream, block - 1), ())):
             v["early"] += 1
     for sid, stream in churn.resets.items():
-        if stream not in started:
-            v["reset_not_started"] += 1
+        if stream not in started:  # a newer reset came before its scene began: PROTOCOL.md says nothing
+            notes["reset_without_started"] += 1
         elif started[stream]["state_id"] != sid:
             notes["started_with_newer_state_id"] += 1
+    if examples:
+        notes["examples"] = examples
     return dict(v), dict(notes)
 
 
@@ -327,7 +338,8 @@ def soak(model: str, frames: int, a: argparse.Namespace) -> dict[str, Any]:
 
 def summary(r: dict[str, Any]) -> str:
     return (f"{r['model']} {r['frames']} frames {r['seconds']} s: {r['requests']} requests, lost {r['lost_replies']}, "
-            f"{r['changes']} changes + {r['resets']} resets, violations {r['violations']}, "
+            f"{r['changes']} changes + {r['resets']} resets ({r['notes'].get('reset_without_started', 0)} never "
+            f"started: a newer reset came first), violations {r['violations']}, "
             f"{r['subscribers_joined']} subscribers joined/left, crashed {int(r['crashed'])}; "
             f"RSS {r['rss_first_mb']} -> {r['rss_last_mb']} MB, threads {r['threads_first']} -> {r['threads_last']}")
 
