@@ -292,9 +292,10 @@ def stalled(serve: Serve, n: int, hold: float) -> dict:
         s.setsockopt(zmq.SUBSCRIBE, b"rgb24")
     time.sleep(hold)
     during = serve.rss_mb()
+    rgb24 = stats(serve).get("subscribers", {}).get("rgb24")  # connections actually served rgb24 (capped)
     for s in subs:
         s.close(0)
-    return {"subscribers": n, "mb_each": round((during - before) / n, 2)}
+    return {"subscribers": n, "rgb24_during": rgb24, "mb_each": round((during - before) / n, 2)}
 
 
 def stopping(serve: Serve, n: int) -> dict:
