@@ -70,7 +70,7 @@ func _exit_tree() -> void:
 func start() -> bool:
 	if _running:
 		return true
-	var ep := _parse_endpoint(input_endpoint)
+	var ep := Zmtp.parse_endpoint(input_endpoint, "input endpoint")
 	if ep.is_empty():
 		return false
 	_host = ep.host
@@ -203,12 +203,3 @@ func _log(msg: String) -> void:
 	if verbose:
 		print("[sfbridge] ", msg)
 
-
-static func _parse_endpoint(ep: String) -> Dictionary:
-	var rest := ep.trim_prefix("tcp://")
-	var colon := rest.rfind(":")
-	if ep.begins_with("ipc://") or colon <= 0 or not rest.substr(colon + 1).is_valid_int():
-		push_error("sfbridge: input endpoint must look like tcp://HOST:PORT, got '%s'" % ep)
-		return {}
-	var host := rest.substr(0, colon).trim_prefix("[").trim_suffix("]")
-	return {"host": "127.0.0.1" if host == "*" or host == "0.0.0.0" else host, "port": rest.substr(colon + 1).to_int()}

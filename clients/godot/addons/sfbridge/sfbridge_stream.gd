@@ -119,8 +119,8 @@ func _exit_tree() -> void:
 func start() -> bool:
 	if _running:
 		return true
-	var s := _parse_endpoint(frames_endpoint)
-	var c := _parse_endpoint(control_endpoint)
+	var s := Zmtp.parse_endpoint(frames_endpoint)
+	var c := Zmtp.parse_endpoint(control_endpoint)
 	if s.is_empty() or c.is_empty():
 		return false
 	_stream_host = s.host
@@ -301,21 +301,6 @@ func _emit_failed(id: int, op: String, code: String, message: String) -> void:
 func _log(msg: String) -> void:
 	if verbose:
 		print("[sfbridge] ", msg)
-
-
-static func _parse_endpoint(ep: String) -> Dictionary:
-	if ep.begins_with("ipc://"):
-		push_error("sfbridge: ipc:// endpoints are not supported in GDScript; use tcp://HOST:PORT")
-		return {}
-	var rest := ep.trim_prefix("tcp://")
-	var colon := rest.rfind(":")
-	if colon <= 0 or not rest.substr(colon + 1).is_valid_int():
-		push_error("sfbridge: endpoint must look like tcp://HOST:PORT, got '%s'" % ep)
-		return {}
-	var host := rest.substr(0, colon).trim_prefix("[").trim_suffix("]")
-	if host == "*" or host == "0.0.0.0":
-		host = "127.0.0.1"
-	return {"host": host, "port": rest.substr(colon + 1).to_int()}
 
 
 func _set_state(s: ConnectionState) -> void:

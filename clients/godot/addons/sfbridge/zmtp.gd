@@ -51,6 +51,24 @@ func open(host: String, port: int, socket_type: String, connect_timeout_ms := 20
 	return OK
 
 
+## Splits "tcp://HOST:PORT" into {host, port} for open(); "*" and "0.0.0.0" (bind addresses) become
+## 127.0.0.1. Returns {} and reports the error on anything else (ipc:// included: StreamPeerTCP only
+## speaks TCP). what names the endpoint in the error ("endpoint", "input endpoint").
+static func parse_endpoint(ep: String, what := "endpoint") -> Dictionary:
+	if ep.begins_with("ipc://"):
+		push_error("sfbridge: ipc:// endpoints are not supported in GDScript; use tcp://HOST:PORT")
+		return {}
+	var rest := ep.trim_prefix("tcp://")
+	var colon := rest.rfind(":")
+	if colon <= 0 or not rest.substr(colon + 1).is_valid_int():
+		push_error("sfbridge: %s must look like tcp://HOST:PORT, got '%s'" % [what, ep])
+		return {}
+	var host := rest.substr(0, colon).trim_prefix("[").trim_suffix("]")
+	if host == "*" or host == "0.0.0.0":
+		host = "127.0.0.1"
+	return {"host": host, "port": rest.substr(colon + 1).to_int()}
+
+
 func is_open() -> bool:
 	return state == State.OPEN
 
