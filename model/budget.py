@@ -19,7 +19,7 @@ import contextlib
 import weakref
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -65,8 +65,8 @@ def _storage_key(t: torch.Tensor) -> int:
 
 
 @dataclass
-class WorkCounter(TorchDispatchMode):
-    """Counts kernels, non-matmul bytes, host->device copies and live activation bytes of what runs inside."""
+class OpCounts:
+    """What :class:`WorkCounter` counts and :class:`Work` reports: one list, so the two cannot drift apart."""
 
     kernels: int = 0
     matmuls: int = 0
@@ -74,13 +74,19 @@ class WorkCounter(TorchDispatchMode):
     other_bytes: int = 0
     h2d_copies: int = 0
     blocking_copies: int = 0
-    live_bytes: int = 0
     peak_bytes: int = 0
+
+
+@dataclass
+class WorkCounter(OpCounts, TorchDispatchMode):
+    """Counts kernels, non-matmul bytes, host->device copies and live activation bytes of what runs inside."""
+
+    live_bytes: int = 0
     bytes_by_op: Counter = field(default_factory=Counter)
     _refs: dict[int, list[int]] = field(default_factory=dict)  # storage -> [bytes, live tensors]
 
     def __post_init__(self) -> None:
-        super().__init__()
+        TorchDispatchMode.__init__(self)  # the dataclass __init__ does not call it
 
     def _track(self, t: torch.Tensor, inputs: set[int]) -> None:
         key = _storage_key(t)
@@ -145,17 +151,10 @@ class FusedAttention(TorchFunctionMode):
 
 
 @dataclass
-class Work:
+class Work(OpCounts):
     """One counted piece of work (a DiT block, a decode): FLOPs, kernels, non-matmul bytes, peak activations."""
 
     flops: float = 0.0
-    kernels: int = 0
-    matmuls: int = 0
-    attentions: int = 0
-    other_bytes: int = 0
-    h2d_copies: int = 0
-    blocking_copies: int = 0
-    peak_bytes: int = 0
     attention_flops: float = 0.0
     top_bytes: list[tuple[str, int]] = field(default_factory=list)
 
@@ -188,9 +187,8 @@ class count:  # noqa: N801 - used as a context manager, reads like a function
         w.flops = float(self._flops.get_total_flops())
         per_op = self._flops.get_flop_counts().get("Global", {})
         w.attention_flops = float(sum(n for op, n in per_op.items() if "attention" in str(op)))
-        w.kernels, w.matmuls, w.attentions = c.kernels, c.matmuls, c.attentions
-        w.other_bytes, w.h2d_copies, w.peak_bytes = c.other_bytes, c.h2d_copies, c.peak_bytes
-        w.blocking_copies = c.blocking_copies
+        for f in fields(OpCounts):
+            setattr(w, f.name, getattr(c, f.name))
         w.top_bytes = c.bytes_by_op.most_common(8)
 
 
