@@ -15,13 +15,14 @@ takes whatever frame is newest at each tick.
 from __future__ import annotations
 
 import argparse
-import os
 import queue
 import sys
 import threading
 import time
 
-from sfbridge.client import Client, DaemonUnavailable, Frame, RequestError
+from game_common import LatestFrame, arrow_keys, set_sdl_env
+
+from sfbridge.client import Client, DaemonUnavailable, RequestError
 from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES
 
 PROMPTS = [
@@ -31,32 +32,6 @@ PROMPTS = [
     "a snowy forest clearing at night",
     "a neon city street in the rain, top-down",
 ]
-
-
-class LatestFrame(threading.Thread):
-    """Background receiver: holds the newest decoded frame for the game loop."""
-
-    def __init__(self, client: Client, fmt: str) -> None:
-        super().__init__(daemon=True)
-        self.client, self.fmt = client, fmt
-        self.lock = threading.Lock()
-        self.frame: Frame | None = None
-        self.count = 0
-
-    def run(self) -> None:
-        while True:
-            try:
-                for frame in self.client.subscribe(self.fmt, latest_only=True, timeout=2.0):
-                    with self.lock:
-                        self.frame = frame
-                        self.count += 1
-            except DaemonUnavailable:
-                continue  # no frames for 2 s (paused or restarting): keep listening
-
-    def take(self) -> Frame | None:
-        with self.lock:
-            frame, self.frame = self.frame, None
-            return frame
 
 
 class PromptSender(threading.Thread):
@@ -90,10 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--headless", action="store_true",
                    help="no window (SDL dummy driver); the player walks by itself and a prompt is sent")
     a = p.parse_args(argv)
-    if a.headless:
-        os.environ["SDL_VIDEODRIVER"] = "dummy"
-        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    set_sdl_env(a.headless)
 
     try:
         with Client(control=a.control, timeout=2.0, retries=1) as probe:
@@ -143,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 blend = bool(ev.mod & pygame.KMOD_SHIFT)
                 sender.jobs.put((PROMPTS[ev.key - pygame.K_1], "blend" if blend else "cut"))
 
-        keys = pygame.key.get_pressed()
-        dx = (keys[pygame.K_RIGHT] or keys[pygame.K_d]) - (keys[pygame.K_LEFT] or keys[pygame.K_a])
-        dy = (keys[pygame.K_DOWN] or keys[pygame.K_s]) - (keys[pygame.K_UP] or keys[pygame.K_w])
+        dx, dy = arrow_keys(pygame)
         if a.headless:
             dx, dy = auto_dir
             if shown and not auto_prompt_sent:  # exercise the number-key path like a player would

@@ -18,14 +18,14 @@ frames while the daemon is slow or gone.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 import time
 
 import numpy as np
+from game_common import LatestFrame, arrow_keys, set_sdl_env
 
-from sfbridge.client import Client, DaemonUnavailable, Frame, RequestError
+from sfbridge.client import Client, DaemonUnavailable, RequestError
 from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES, DEFAULT_INPUT
 
 PROMPTS = [
@@ -35,31 +35,6 @@ PROMPTS = [
     "a sunny meadow with a dirt path, top-down",
 ]
 TILE = 48
-
-
-class LatestFrame(threading.Thread):
-    """Receiver thread: holds the newest decoded frame (and its header) for the game loop."""
-
-    def __init__(self, client: Client) -> None:
-        super().__init__(daemon=True)
-        self.client = client
-        self.lock = threading.Lock()
-        self.frame: Frame | None = None
-        self.count = 0
-
-    def run(self) -> None:
-        while True:
-            try:
-                for frame in self.client.subscribe("jpeg", latest_only=True, timeout=2.0):
-                    with self.lock:
-                        self.frame, self.count = frame, self.count + 1
-            except DaemonUnavailable:
-                continue
-
-    def take(self) -> Frame | None:
-        with self.lock:
-            frame, self.frame = self.frame, None
-            return frame
 
 
 class RenderSender(threading.Thread):
@@ -124,10 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=None, help="quit after N s")
     p.add_argument("--headless", action="store_true", help="no window (SDL dummy driver); the player walks by itself")
     a = p.parse_args(argv)
-    if a.headless:
-        os.environ["SDL_VIDEODRIVER"] = "dummy"
-        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    set_sdl_env(a.headless)
 
     try:
         control = Client(control=a.control, timeout=2.0, retries=1)
@@ -145,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     import pygame
 
     size = (int(status.get("width", 832)), int(status.get("height", 480)))
-    receiver = LatestFrame(Client(control=a.control, frames=a.frames))
+    receiver = LatestFrame(Client(control=a.control, frames=a.frames), "jpeg")
     receiver.start()
     sender.start()
     pygame.display.init()
@@ -175,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             elif ev.type == pygame.KEYDOWN and ev.unicode in ("+", "-"):
                 strength = min(1.0, max(0.0, strength + (0.1 if ev.unicode == "+" else -0.1)))
                 request_async(a.control, lambda c, s=strength: c.set_input("v2v", strength=s))
-        keys = pygame.key.get_pressed()
-        dx = (keys[pygame.K_RIGHT] or keys[pygame.K_d]) - (keys[pygame.K_LEFT] or keys[pygame.K_a])
-        dy = (keys[pygame.K_DOWN] or keys[pygame.K_s]) - (keys[pygame.K_UP] or keys[pygame.K_w])
+        dx, dy = arrow_keys(pygame)
         if a.headless:
             dx, dy = 1, 0.5
         camera[0] += dx * 200 * dt
