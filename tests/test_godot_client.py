@@ -108,7 +108,7 @@ def _make_project(tmp: Path) -> Path:
     proj = tmp / "project"
     (proj / "addons").mkdir(parents=True)
     (proj / "addons" / "sfbridge").symlink_to(ADDON, target_is_directory=True)
-    for script in ("test_client.gd", "test_input.gd"):
+    for script in ("harness.gd", "test_client.gd", "test_input.gd"):
         shutil.copy(REPO / "tests" / "godot" / script, proj / script)
     (proj / "project.godot").write_text(
         'config_version=5\n\n[application]\n\nconfig/name="sfbridge-test"\nrun/flush_stdout_on_print=true\n'

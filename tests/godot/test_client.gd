@@ -7,7 +7,7 @@
 ## (--control at a peer that never answers: times one request's attempts).
 ## Prints "OK <check> ..." lines, "READY_FOR_RESTART" (the pytest then kills and restarts the
 ## daemon on the same ports), and finally "ALL_OK" (exit 0) or "FAIL <reason>" (exit 1).
-extends SceneTree
+extends "res://harness.gd"
 
 const MsgPack := preload("res://addons/sfbridge/msgpack.gd")
 const StreamScript := preload("res://addons/sfbridge/sfbridge_stream.gd")
@@ -20,7 +20,6 @@ var rect: TextureRect
 var phase := "frames"
 var phase_started := 0.0
 var elapsed := 0.0
-var done := false
 var jpeg_headers: Array = []
 var rgb_frames := 0
 var events: Array = []
@@ -99,24 +98,6 @@ func make_stream(fmt: String) -> Node:
 		s.target = NodePath("../View")
 	root.add_child(s)
 	return s
-
-
-func say(line: String) -> void:
-	print(line)
-
-
-func fail(why: String) -> void:
-	if done:
-		return
-	done = true
-	say("FAIL " + why)
-	quit(1)
-
-
-func check(cond: bool, why: String) -> bool:
-	if not cond:
-		fail(why)
-	return cond
 
 
 func _on_jpeg(tex: ImageTexture, h: Dictionary) -> void:

@@ -10,7 +10,7 @@
 ## right way up. Prints "OK <check> ..." lines, then "ALL_OK" (exit 0) or "FAIL <reason>" (exit 1).
 ## With --send-only N (no daemon, only --input at a plain libzmq SUB): sends N grey images of
 ## --width x --height, image i filled with value 10*i, one at a time, and exits.
-extends SceneTree
+extends "res://harness.gd"
 
 const MsgPack := preload("res://addons/sfbridge/msgpack.gd")
 const StreamScript := preload("res://addons/sfbridge/sfbridge_stream.gd")
@@ -25,7 +25,6 @@ var sender: Node
 var width := 0
 var height := 0
 var elapsed := 0.0
-var done := false
 var phase := "reply"
 var phase_started := 0.0
 var input_req := -1
@@ -85,24 +84,6 @@ func message_check() -> void:
 	check(h == {"format": "jpeg", "w": 40, "h": 24, "t_cap": 12.5, "client": "me", "seq": 7}, "header %s" % h)
 	check(msg[1] == PackedByteArray([1, 2, 3]), "payload")
 	say("OK message")
-
-
-func say(line: String) -> void:
-	print(line)
-
-
-func fail(why: String) -> void:
-	if done:
-		return
-	done = true
-	say("FAIL " + why)
-	quit(1)
-
-
-func check(cond: bool, why: String) -> bool:
-	if not cond:
-		fail(why)
-	return cond
 
 
 ## Top half `top`, bottom half `bottom`, w x h.
