@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import zmq
@@ -34,6 +36,17 @@ def endpoints() -> tuple[str, str]:
 def input_endpoint() -> str:
     """A free input endpoint: tests never bind the default 5557 (other daemons may run)."""
     return f"tcp://127.0.0.1:{free_port()}"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Imports ``benchmarks/NAME.py`` (a script folder, not a package) as module ``NAME``.
+
+    Registered in ``sys.modules`` before it runs: dataclasses look their module up there."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture

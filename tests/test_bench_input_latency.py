@@ -4,23 +4,16 @@ and testsrc (which keeps up) shows an input frame about 2 blocks after capture (
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_input_latency.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_input_latency", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_input_latency"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_input_latency")
 
 
 def test_quick_run(bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

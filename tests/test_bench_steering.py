@@ -3,25 +3,19 @@ and its meta-device re-cache count agrees with the matmul + attention formula.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 from sfbridge.model.config import ModelConfig
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_steering.py"
 TINY = ModelConfig(dim=64, num_heads=2, num_layers=2, ffn_dim=128, text_dim=32, text_len=32)
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_steering", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_steering"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_steering")
 
 
 def test_quick_run(bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

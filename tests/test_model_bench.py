@@ -3,30 +3,21 @@ counters they print hold their targets: no recompiles after warm-up, no blocking
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 from sfbridge.model import budget, presets
 from sfbridge.model.config import ModelConfig, StreamConfig
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ModelConfig(dim=64, num_heads=2, num_layers=2, ffn_dim=128, text_dim=32, text_len=16)
 
 
-def _load(name: str):  # noqa: ANN202
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_gpu_bench_args_and_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
-    gpu = _load("bench_model_gpu")
+    gpu = load_benchmark("bench_model_gpu")
     a = gpu.parse_args([])
     assert (a.height, a.width, a.window, a.sink) == (480, 832, 21, 3)  # what serve runs
     with pytest.raises(SystemExit):
@@ -41,7 +32,7 @@ def test_gpu_bench_args_and_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cpu_bench_quick_counters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cpu = _load("bench_model_cpu")
+    cpu = load_benchmark("bench_model_cpu")
     out_json = tmp_path / "cpu.json"
     assert cpu.main(["--quick", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
@@ -106,7 +97,7 @@ def test_fp8_keeps_time_embedding_and_head_out() -> None:
 
 
 def test_gpu_check_dry_run(tmp_path: Path) -> None:
-    gc = _load("gpu_check")
+    gc = load_benchmark("gpu_check")
     rc = gc.main(["--tiny", "--out", str(tmp_path), "--sections", "env", "attention", "eager", "profile", "presets"])
     assert rc == 0
     res = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -121,7 +112,7 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
 
 
 def test_gpu_check_budget_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    gc = _load("gpu_check")
+    gc = load_benchmark("gpu_check")
 
     def boom(a, st):  # noqa: ANN001, ANN202
         raise RuntimeError("kaputt")

@@ -8,16 +8,13 @@ streaming state, so a reordered or raced decode shows up as pixels that disagree
 
 from __future__ import annotations
 
-import importlib.util
 import queue
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import endpoints
+from conftest import endpoints, load_benchmark
 
 from sfbridge.client import Client
 from sfbridge.daemon import Daemon, DaemonConfig
@@ -25,17 +22,7 @@ from sfbridge.engine import Engine
 from sfbridge.generators.base import PendingFrames, Steering, resolve
 from sfbridge.steering import SteeringBox
 
-
-def _load_bench():  # noqa: ANN202
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_overlap.py"
-    spec = importlib.util.spec_from_file_location("bench_overlap", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_overlap"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench = _load_bench()
+bench = load_benchmark("bench_overlap")
 
 
 def serve(gen, **kw) -> tuple[Daemon, Client]:  # noqa: ANN001
