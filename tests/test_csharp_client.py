@@ -66,6 +66,12 @@ def _compile(out: Path, sources: list[Path], target: str = "exe", extra: tuple[s
     assert r.returncode == 0, f"mcs failed:\n{r.stdout}\n{r.stderr}"
 
 
+def _console_program(test: str) -> list[Path]:
+    """Sources of a console test program: the C# core, the helpers the tests share, and the test itself."""
+    tests = UNITY / "Tests~"
+    return sorted((UNITY / "Runtime" / "Core").glob("*.cs")) + [tests / "TestSupport.cs", tests / test]
+
+
 def Daemon(control: str, frames: str, log: Path) -> ServeProcess:  # noqa: N802 - reads like the class it was
     """`sfbridge serve --model testsrc` at W x H on fixed endpoints, restartable (start/kill/stop)."""
     return ServeProcess("--model", "testsrc", "--width", str(W), "--height", str(H),
@@ -102,7 +108,7 @@ def daemon(tmp_path):
 def test_csharp_console_client(tmp_path, daemon):
     exe = tmp_path / "ConsoleTest.exe"
     t0 = time.monotonic()
-    _compile(exe, sorted((UNITY / "Runtime" / "Core").glob("*.cs")) + [UNITY / "Tests~" / "ConsoleTest.cs"])
+    _compile(exe, _console_program("ConsoleTest.cs"))
     compile_s = time.monotonic() - t0
 
     sample = decode_sample(u64=2**63 + 5, fix=5)  # uint64 above 2**63: C# has ulong
@@ -287,7 +293,7 @@ def heartbeat_publisher(endpoint_holder: list, stop: threading.Event, ready: thr
 def test_csharp_answers_zmtp_ping(tmp_path):
     """The C# ZMTP code answers libzmq's PING with PONG, so heartbeating peers keep the connection."""
     exe = tmp_path / "ConsoleTest.exe"
-    _compile(exe, sorted((UNITY / "Runtime" / "Core").glob("*.cs")) + [UNITY / "Tests~" / "ConsoleTest.cs"])
+    _compile(exe, _console_program("ConsoleTest.cs"))
     holder: list[str] = []
     stop, ready = threading.Event(), threading.Event()
     t = threading.Thread(target=heartbeat_publisher, args=(holder, stop, ready), daemon=True)
@@ -308,7 +314,7 @@ def test_csharp_answers_zmtp_ping(tmp_path):
 
 def _compile_input_test(tmp_path: Path) -> Path:
     exe = tmp_path / "InputTest.exe"
-    _compile(exe, sorted((UNITY / "Runtime" / "Core").glob("*.cs")) + [UNITY / "Tests~" / "InputTest.cs"])
+    _compile(exe, _console_program("InputTest.cs"))
     return exe
 
 

@@ -1,7 +1,7 @@
 // Console test for the sfbridge C# core (Runtime/Core/*.cs), run under Mono by
 // tests/test_csharp_client.py against a real `sfbridge serve --model testsrc`.
 //
-//   mcs -langversion:7.2 -out:ConsoleTest.exe Runtime/Core/*.cs Tests~/ConsoleTest.cs   (from clients/unity; Mono 6.8 mcs stops at 7.2)
+//   mcs -langversion:7.2 -out:ConsoleTest.exe Runtime/Core/*.cs Tests~/TestSupport.cs Tests~/ConsoleTest.cs   (from clients/unity; Mono 6.8 mcs stops at 7.2)
 //   mono ConsoleTest.exe --control tcp://127.0.0.1:5555 --frames tcp://127.0.0.1:5556 \
 //        --width 160 --height 96 [--save-jpeg out.jpg] [--msgpack-hex HEX] [--restart]
 //
@@ -18,6 +18,7 @@ using System.IO;
 using System.Text;
 using System.Threading;
 using Sfbridge;
+using static TestSupport;
 
 static class ConsoleTest
 {
@@ -27,19 +28,6 @@ static class ConsoleTest
     static string saveJpeg = null, msgpackHex = null;
     static bool restart = false;
     static double heartbeatSeconds = 0;
-
-    class Fail : Exception { public Fail(string m) : base(m) { } }
-
-    static void Check(bool cond, string what)
-    {
-        if (!cond) throw new Fail(what);
-    }
-
-    static void Ok(string name, string detail = "")
-    {
-        Console.WriteLine("OK " + name + (detail.Length > 0 ? " " + detail : ""));
-        Console.Out.Flush();
-    }
 
     static int Main(string[] args)
     {

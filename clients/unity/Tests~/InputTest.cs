@@ -1,7 +1,7 @@
 // Console test of the C# input sender (Runtime/Core/SfbridgeInputSender.cs), run under Mono by
 // tests/test_csharp_client.py against a real `sfbridge serve --model testsrc --input ...`.
 //
-//   mcs -langversion:7.2 -out:InputTest.exe Runtime/Core/*.cs Tests~/InputTest.cs   (from clients/unity)
+//   mcs -langversion:7.2 -out:InputTest.exe Runtime/Core/*.cs Tests~/TestSupport.cs Tests~/InputTest.cs   (from clients/unity)
 //   mono InputTest.exe --control tcp://127.0.0.1:5555 --frames tcp://127.0.0.1:5556 \
 //        --input tcp://127.0.0.1:5557 --width 160 --height 96
 //   mono InputTest.exe --input tcp://127.0.0.1:5557 --send-only 20   (no daemon: sends 20 frames
@@ -21,22 +21,13 @@ using System.Collections.Generic;
 using System.Globalization;
 using System.Threading;
 using Sfbridge;
+using static TestSupport;
 
 static class InputTest
 {
     static string controlEp, framesEp, inputEp;
     static int width = 64, height = 32, sendOnly = -1;
     const string ClientId = "csharp-input-test";
-
-    class Fail : Exception { public Fail(string m) : base(m) { } }
-
-    static void Check(bool cond, string what) { if (!cond) throw new Fail(what); }
-
-    static void Ok(string name, string detail = "")
-    {
-        Console.WriteLine("OK " + name + (detail.Length > 0 ? " " + detail : ""));
-        Console.Out.Flush();
-    }
 
     static int Main(string[] args)
     {
