@@ -7,7 +7,6 @@ coroutine and ``subscribe`` is an async iterator.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import time
@@ -23,11 +22,11 @@ from sfbridge.client import (
     INPUT_SNDHWM,
     REQUEST_RETRIES,
     REQUEST_TIMEOUT_S,
+    ClientBase,
     DaemonUnavailable,
     Frame,
     FrameKey,
     check_seed,
-    client_endpoints,
     decode_frame,
     input_endpoint,
     no_frames_hint,
@@ -39,20 +38,17 @@ from sfbridge.client import (
 from sfbridge.input_frames import (
     DEFAULT_INPUT_FPS,
     DEFAULT_STRENGTH,
-    check_client_id,
     check_fps,
-    default_client_id,
     input_args,
     input_message,
 )
 from sfbridge.protocol import EVENT_TOPIC, FRAME_FORMATS, pack, unpack
-from sfbridge.security import client_keys
 from sfbridge.steering_args import PromptEntry, check_state_id, prompt_args, schedule_args, steps_args
 
 log = logging.getLogger("sfbridge.client")
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """Endpoints and CURVE keys resolve as for :class:`sfbridge.Client`: arguments, then ``SFBRIDGE_*``,
     then defaults (no keys: NULL)."""
 
@@ -60,18 +56,9 @@ class AsyncClient:
                  timeout: float = REQUEST_TIMEOUT_S, retries: int = REQUEST_RETRIES, *,
                  input: str | None = None, client_id: str | None = None, server_key: str | os.PathLike | None = None,
                  client_key: str | os.PathLike | None = None) -> None:
-        self.control_endpoint, self.frames_endpoint = client_endpoints(control, frames)
-        self.keys = client_keys(server_key, client_key)
-        # An explicit input endpoint is checked now; $SFBRIDGE_INPUT / the default only when the first frame
-        # is sent, so a client that never sends frames is not refused over a setting it does not use.
-        self.input_endpoint: str | None = input_endpoint(input) if input is not None else None
-        self.client_id = check_client_id(client_id) if client_id is not None else default_client_id()
-        self._input_seq = itertools.count(0)
+        super().__init__(control, frames, timeout, retries, input, client_id, server_key, client_key)
         self._input_sock: zmq.asyncio.Socket | None = None
-        self.timeout, self.retries = timeout, retries
         self.ctx = zmq.asyncio.Context.instance()
-        self._ids = itertools.count(1)
-        self._sock: zmq.asyncio.Socket | None = None
 
     def _socket(self) -> zmq.asyncio.Socket:
         if self._sock is None:
@@ -80,11 +67,6 @@ class AsyncClient:
             secure(self._sock, self.keys)
             self._sock.connect(self.control_endpoint)
         return self._sock
-
-    def _drop_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
 
     async def request(self, op: str, **args: Any) -> dict:
         rid = next(self._ids)

@@ -187,7 +187,31 @@ def decode_frame(fmt: str, header: dict, payload: bytes) -> np.ndarray:
     raise SfbridgeError(f"unknown frame format {fmt!r}")
 
 
-class Client:
+class ClientBase:
+    """What :class:`Client` and :class:`sfbridge.aio.AsyncClient` set up alike: endpoints, CURVE keys, the
+    input endpoint and client id, the retry policy and request ids; and how a dead control socket is dropped."""
+
+    def __init__(self, control: str | None, frames: str | None, timeout: float, retries: int, input: str | None,
+                 client_id: str | None, server_key: str | os.PathLike | None,
+                 client_key: str | os.PathLike | None) -> None:
+        self.control_endpoint, self.frames_endpoint = client_endpoints(control, frames)
+        self.keys = client_keys(server_key, client_key)
+        # An explicit input endpoint is checked now; $SFBRIDGE_INPUT / the default only when the first frame
+        # is sent, so a client that never sends frames is not refused over a setting it does not use.
+        self.input_endpoint: str | None = input_endpoint(input) if input is not None else None
+        self.client_id = check_client_id(client_id) if client_id is not None else default_client_id()
+        self._input_seq = itertools.count(0)
+        self.timeout, self.retries = timeout, retries
+        self._ids = itertools.count(1)
+        self._sock: zmq.Socket | None = None  # the control DEALER, made on first use
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+
+class Client(ClientBase):
     """Synchronous client. Not thread-safe: use one per thread (they are cheap).
 
     ``control`` / ``frames`` / ``input`` default to ``$SFBRIDGE_CONTROL`` / ``$SFBRIDGE_FRAMES`` /
@@ -205,19 +229,9 @@ class Client:
                  context: zmq.Context | None = None, *, input: str | None = None,
                  client_id: str | None = None, server_key: str | os.PathLike | None = None,
                  client_key: str | os.PathLike | None = None) -> None:
-        self.control_endpoint, self.frames_endpoint = client_endpoints(control, frames)
-        self.keys = client_keys(server_key, client_key)
-        # An explicit input endpoint is checked now; $SFBRIDGE_INPUT / the default only when the first frame
-        # is sent, so a client that never sends frames is not refused over a setting it does not use.
-        self.input_endpoint: str | None = input_endpoint(input) if input is not None else None
-        self.client_id = check_client_id(client_id) if client_id is not None else default_client_id()
-        self._input_seq = itertools.count(0)
+        super().__init__(control, frames, timeout, retries, input, client_id, server_key, client_key)
         self._input_sock: zmq.Socket | None = None
-        self.timeout = timeout
-        self.retries = retries
         self.ctx = context or zmq.Context.instance()
-        self._ids = itertools.count(1)
-        self._sock: zmq.Socket | None = None
         # One routing id for every socket this client opens: the daemon knows a retry on a new socket
         # for the same request (docs/PROTOCOL.md "Retries"). A leading zero byte is reserved by libzmq.
         self._routing_id = b"sfb" + os.urandom(13)
@@ -233,11 +247,6 @@ class Client:
             sock.connect(self.control_endpoint)
             self._sock = sock
         return self._sock
-
-    def _drop_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
 
     def request(self, op: str, **args: Any) -> dict:
         """Send one request, return its ``result``; raises RequestError or DaemonUnavailable."""
