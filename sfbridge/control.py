@@ -49,7 +49,8 @@ class ControlServer:
         # Mandatory: a reply that cannot be queued raises instead of vanishing, so it is counted.
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         transport.harden(self.sock, MAX_SOCKET_MESSAGE_BYTES)
-        self.peers = transport.PeerTable(self.sock, "control", transport.max_peers(), transport.CONTROL_IDLE_S)
+        self.peers = transport.PeerTable(self.sock, "control", transport.max_peers(), transport.CONTROL_IDLE_S,
+                                         is_idle=_control_idle)
         self.endpoint = (access or ServerAccess()).bind(self.sock, endpoint)  # CURVE when on, ipc file 0600
         self.thread = threading.Thread(target=self._run_safe, name="sfbridge-control", daemon=True)
 
@@ -138,3 +139,9 @@ class ControlServer:
             self.errors += 1
             log.exception("request handler failed")
             return error_reply(rid, "internal", f"{type(exc).__name__}: {exc}")
+
+
+def _control_idle(peer: transport.Peer, now: float) -> bool:
+    """Silent since it connected: closed after CONTROL_SILENT_S; after a request: after CONTROL_IDLE_S."""
+    silent = peer.last_active == peer.since
+    return now - peer.last_active > (transport.CONTROL_SILENT_S if silent else transport.CONTROL_IDLE_S)

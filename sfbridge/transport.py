@@ -33,6 +33,10 @@ MAX_RAW_SUBSCRIBERS = 16  # connections receiving rgb24 at once: each stalled on
 STREAM_MAX_FRAME_BYTES = 1024  # inbound on the XPUB: subscriptions, READY and security commands
 STREAM_IDLE_S = 10.0  # a stream connection with no valid subscription for this long is closed
 CONTROL_IDLE_S = 300.0  # a control connection that sent no request for this long is closed
+# A control connection that has sent nothing at all since it connected: garbage (random bytes, HTTP) that
+# libzmq took for a ZMTP 1.0 peer, which no handshake timeout ends. Real clients send a request right after
+# connecting; one that waits longer is closed and reconnects on its next request (libzmq does so by itself).
+CONTROL_SILENT_S = 10.0
 CONTROL_MAX_PARTS = 3  # routing id, REQ delimiter, body: a message with more parts is refused
 LOG_REFUSED_PER_WINDOW, LOG_WINDOW_S, LOG_VALUE_CHARS = 10, 10.0, 160
 FD_RESERVE = 64  # files the daemon itself needs (models, pipes, monitor sockets)

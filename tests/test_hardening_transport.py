@@ -271,6 +271,7 @@ def short_limits(monkeypatch):
     monkeypatch.setattr(transport, "HANDSHAKE_MS", 500)
     monkeypatch.setattr(transport, "STREAM_IDLE_S", 1.0)
     monkeypatch.setattr(transport, "CONTROL_IDLE_S", 1.5)
+    monkeypatch.setattr(transport, "CONTROL_SILENT_S", 1.5)
 
 
 GARBAGE = [os.urandom(100), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
