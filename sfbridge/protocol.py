@@ -256,12 +256,13 @@ def _parse_prompt(m: dict) -> Prompt:
         text, prompts = _prompt_text(_field(m, "text", str, True, "prompt"), "text", "prompt"), ()
     else:
         prompts = _parse_prompts(_field(m, "prompts", list, True, "prompt"))
-        if mix == "slerp" and len(prompts) != 2:
-            raise ProtocolError("invalid_value", f"mix 'slerp' of op 'prompt' takes exactly 2 prompts, "
-                                f"got {len(prompts)}; use mix 'linear' for other counts")
         text = display_text(prompts)
-        if len(prompts) == 1:  # one entry at any weight > 0 is that prompt: the same state as `text`
-            text, prompts = prompts[0][0], ()
+    count = len(prompts) if has_list else 1
+    if mix == "slerp" and count != 2:  # a single `text` is one prompt: nothing to slerp between
+        raise ProtocolError("invalid_value", f"mix 'slerp' of op 'prompt' takes exactly 2 prompts, "
+                            f"got {count}; use mix 'linear' for other counts")
+    if has_list and len(prompts) == 1:  # one entry at any weight > 0 is that prompt: the same state as `text`
+        text, prompts = prompts[0][0], ()
     return Prompt(text=text, transition=transition, blend_blocks=blend, prompts=prompts,
                   mix=mix if prompts else "linear", interp=interp, recache=bool(recache), schedule=schedule)
 

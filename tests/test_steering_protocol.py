@@ -124,6 +124,7 @@ BAD_PROMPTS = [
     ({"prompts": [{"text": "a" * 4001, "weight": 1}]}, "invalid_value", "4001"),
     ({"prompts": [*TWO, {"text": "c", "weight": 1}], "mix": "slerp"}, "invalid_value", "got 3"),
     ({"prompts": TWO[:1], "mix": "slerp"}, "invalid_value", "exactly 2"),
+    ({"text": "a", "mix": "slerp"}, "invalid_value", "got 1"),
     ({"prompts": TWO, "text": "both"}, "bad_request", "both"),
     ({}, "bad_request", "neither"),
     ({"text": "x", "transition": ""}, "invalid_value", "transition"),
