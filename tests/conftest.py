@@ -74,6 +74,16 @@ def daemon(make_daemon) -> Daemon:
 
 
 @pytest.fixture
+def dealer(daemon) -> Iterator[zmq.Socket]:
+    """A raw DEALER on the daemon's control socket, for requests a Client would refuse to send."""
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(daemon.config.control)
+    yield s
+    s.close(0)
+
+
+@pytest.fixture
 def client(daemon) -> Iterator[Client]:
     c = Client(control=daemon.config.control, frames=daemon.config.frames, timeout=3.0)
     yield c

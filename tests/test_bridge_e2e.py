@@ -191,15 +191,6 @@ def raw_request(sock: zmq.Socket, *frames: bytes, timeout: float = 3.0) -> dict:
     return msgpack.unpackb(sock.recv(), strict_map_key=False)
 
 
-@pytest.fixture
-def dealer(daemon):
-    s = zmq.Context.instance().socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(daemon.config.control)
-    yield s
-    s.close(0)
-
-
 def test_hostile_messages_get_error_replies_while_frames_flow(daemon, client, dealer):
     ctx = zmq.Context.instance()
     frames_sock = sub_socket(ctx, daemon.config.frames, "jpeg")

@@ -69,15 +69,6 @@ def is_event(kind: str):
 
 
 @pytest.fixture
-def dealer(daemon):
-    s = zmq.Context.instance().socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(daemon.config.control)
-    yield s
-    s.close(0)
-
-
-@pytest.fixture
 def stream(daemon):
     """One subscriber to frames and events: their relative order is what some promises are about."""
     s = sub_socket(zmq.Context.instance(), daemon.config.frames, "event", "jpeg")
