@@ -231,10 +231,17 @@ def test_undeliverable_replies_are_counted(watched):
     dealer.setsockopt(zmq.RCVBUF, 4096)
     dealer.setsockopt(zmq.SNDHWM, 100_000)
     dealer.connect(d.config.control)
-    n = 4000
+    # ~1 KB a status reply: 20,000 of them are ~20 MB, far past what the daemon's queue (1,000 replies) and
+    # the kernel's loopback buffers (a few MB at most, tcp_wmem) can hold for a peer that reads nothing.
+    # 4,000 fitted on a machine with large buffers, so the test proved nothing there.
+    n = 20_000
+    base = d.control.requests
     for i in range(n):
         dealer.send(msgpack.packb({"op": "status", "id": i}))
-    time.sleep(3.0)  # the daemon answers while the dealer reads nothing
+    deadline = time.monotonic() + 60
+    while d.control.requests - base < n:  # every request answered (or dropped) before the dealer reads
+        assert time.monotonic() < deadline, d.control.requests - base
+        time.sleep(0.02)
     got = 0
     while dealer.poll(300, zmq.POLLIN):
         dealer.recv()
