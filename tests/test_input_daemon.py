@@ -114,11 +114,14 @@ def test_take_uses_the_client_of_the_newest_frame():
 # --- real daemon -------------------------------------------------------------------------------------------
 
 def pub_socket(endpoint: str, sndhwm: int = 1000) -> zmq.Socket:
-    s = zmq.Context.instance().socket(zmq.PUB)
+    """A PUB that returns once the daemon's subscription has arrived: an XPUB sends like a PUB and also hands
+    the subscription up, so no frame sent next is lost to a slow join (a fixed sleep was a guess)."""
+    s = zmq.Context.instance().socket(zmq.XPUB)
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.SNDHWM, sndhwm)
     s.connect(endpoint)
-    time.sleep(0.2)  # the SUB's subscription reaches the PUB
+    assert s.poll(10_000, zmq.POLLIN), "the daemon's input SUB never subscribed"
+    assert s.recv()[:1] == b"\x01"
     return s
 
 
