@@ -64,6 +64,7 @@ class AsyncClient(ClientBase):
         if self._sock is None:
             self._sock = self.ctx.socket(zmq.DEALER)
             self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.setsockopt(zmq.ROUTING_ID, self.routing_id)  # a retry on a new socket applies once
             secure(self._sock, self.keys)
             self._sock.connect(self.control_endpoint)
         return self._sock

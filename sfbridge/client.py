@@ -204,6 +204,9 @@ class ClientBase:
         self.timeout, self.retries = timeout, retries
         self._ids = itertools.count(1)
         self._sock: zmq.Socket | None = None  # the control DEALER, made on first use
+        # One routing id for every socket this client opens: the daemon knows a retry on a new socket
+        # for the same request (docs/PROTOCOL.md "Retries"). A leading zero byte is reserved by libzmq.
+        self.routing_id = b"sfb" + os.urandom(13)
 
     def _drop_socket(self) -> None:
         if self._sock is not None:
@@ -232,9 +235,6 @@ class Client(ClientBase):
         super().__init__(control, frames, timeout, retries, input, client_id, server_key, client_key)
         self._input_sock: zmq.Socket | None = None
         self.ctx = context or zmq.Context.instance()
-        # One routing id for every socket this client opens: the daemon knows a retry on a new socket
-        # for the same request (docs/PROTOCOL.md "Retries"). A leading zero byte is reserved by libzmq.
-        self._routing_id = b"sfb" + os.urandom(13)
 
     # --- control ---------------------------------------------------------------------------------
 
@@ -242,7 +242,7 @@ class Client(ClientBase):
         if self._sock is None:
             sock = self.ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTING_ID, self._routing_id)
+            sock.setsockopt(zmq.ROUTING_ID, self.routing_id)
             secure(sock, self.keys)
             sock.connect(self.control_endpoint)
             self._sock = sock

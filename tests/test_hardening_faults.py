@@ -263,9 +263,13 @@ def test_the_same_request_id_twice_applies_once(wire):
     assert wire("status", rid=9)["ok"] and wire("status", rid=9)["ok"]  # reads are not remembered
 
 
-def test_a_retry_on_a_new_socket_through_a_stalled_control_thread_applies_once(make_daemon):
-    """The Python client's retry (new socket, same routing id) reaches a daemon whose control thread was
+@pytest.mark.parametrize("client_kind", ["sync", "asyncio"])
+def test_a_retry_on_a_new_socket_through_a_stalled_control_thread_applies_once(make_daemon, client_kind):
+    """The Python clients' retry (new socket, same routing id) reaches a daemon whose control thread was
     stuck in a request: the daemon handles the first copy, answers the second from memory."""
+    import asyncio
+
+    from sfbridge.aio import AsyncClient
     from sfbridge.client import Client
     from sfbridge.protocol import Prompt
 
@@ -282,11 +286,20 @@ def test_a_retry_on_a_new_socket_through_a_stalled_control_thread_applies_once(m
     before = d.box.peek().state_id
     timer = threading.Timer(1.2, release.set)  # after the client's 2nd attempt was sent
     timer.start()
-    with Client(control=d.config.control, timeout=0.5, retries=5) as c:
-        result = c.set_prompt("a stalled prompt")
-        deadline = time.monotonic() + 5
-        while d.control.retries.retries_answered < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    if client_kind == "sync":
+        with Client(control=d.config.control, timeout=0.5, retries=5) as c:
+            result = c.set_prompt("a stalled prompt")
+    else:
+        async def one() -> dict:
+            c = AsyncClient(control=d.config.control, timeout=0.5, retries=5)
+            try:
+                return await c.set_prompt("a stalled prompt")
+            finally:
+                c.close()
+        result = asyncio.run(one())
+    deadline = time.monotonic() + 5
+    while d.control.retries.retries_answered < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
     timer.cancel()
     assert prompts == ["a stalled prompt"], prompts  # handled once, though sent at least twice
     assert d.control.retries.retries_answered >= 1
