@@ -2,7 +2,7 @@
 
 Mirrors `wan/modules/vae.py` (`Resample` in its downsample modes, `Encoder3d`, `WanVAE_.encode`)
 and the latent normalisation of `utils/wan_wrapper.py:WanVAEWrapper.encode_to_latent`
-(Self-Forcing commit 33593df). Building blocks shared with the decoder come from vae.py.
+(Self-Forcing commit 33593df). Building blocks shared with the decoder come from vae_blocks.py.
 
 Why: video-to-video feeds the game's own frames through the encoder one block at a time, so the
 encoder streams like the decoder does: every causal conv remembers the last 2 frames of its input
@@ -27,19 +27,8 @@ import torch
 import torch.nn as nn
 
 from .files import ModelFileError, read_state_dict
-from .vae import (
-    DECODER_PREFIXES,
-    ENCODER_PREFIXES,
-    AttentionBlock,
-    CausalConv3d,
-    FeatureCache,
-    ResidualBlock,
-    RMSNorm,
-    VAEConfig,
-    WanVAEDecoder,
-    WanVAEHalf,
-    run_stages,
-)
+from .vae import DECODER_PREFIXES, ENCODER_PREFIXES, VAEConfig, WanVAEDecoder, WanVAEHalf
+from .vae_blocks import AttentionBlock, CausalConv3d, FeatureCache, ResidualBlock, RMSNorm, run_stages
 
 log = logging.getLogger("sfbridge.model.vae_encoder")
 
