@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import msgpack
 import pytest
 import zmq
 
@@ -108,6 +109,38 @@ def recv_until(sock: zmq.Socket, pred, timeout: float = 5.0):
             if pred(msg):
                 return msg
     pytest.fail(f"no matching message within {timeout} s")
+
+
+def unpack(data: bytes) -> dict:
+    """A msgpack header or reply body as the daemon sends it (int map keys allowed)."""
+    return msgpack.unpackb(data, strict_map_key=False)
+
+
+def wait_for(sock: zmq.Socket, pred, timeout: float = 5.0) -> list[tuple[str, dict]]:
+    """Messages up to and including the first one for which ``pred(topic, msg)`` holds."""
+    out, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sock.poll(50, zmq.POLLIN):
+            topic, head, _ = sock.recv_multipart()
+            out.append((topic.decode(), unpack(head)))
+            if pred(*out[-1]):
+                return out
+    pytest.fail(f"nothing matched within {timeout} s; last: {out[-3:]}")
+
+
+def is_event(kind: str):
+    """A ``wait_for`` predicate: an event of type ``kind``."""
+    return lambda topic, m: topic == "event" and m["type"] == kind
+
+
+@pytest.fixture
+def stream(daemon) -> Iterator[zmq.Socket]:
+    """One subscriber to frames and events (protocol tests): their relative order is what some
+    promises are about. Yields once the first frame has arrived, so the subscription is live."""
+    s = sub_socket(zmq.Context.instance(), daemon.config.frames, "event", "jpeg")
+    wait_for(s, lambda t, m: t == "jpeg")
+    yield s
+    s.close(0)
 
 
 class ServeProcess:
