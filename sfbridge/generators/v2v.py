@@ -16,18 +16,23 @@ scale (0..1, sampled on every 4th pixel)::
 
 so a still input keeps the strength, and from ``m = MOTION_FULL`` (8 % of full scale per frame: a fast
 pan) on it is halved.
+
+torch is imported only by :class:`InputEncoder` (the tiny and self-forcing generators): testsrc uses
+:func:`effective_strength` for its v2v input and must not load torch (about 200 MB of RSS) to do so.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from sfbridge.generators.base import InputBlock, Steering
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("sfbridge.model.v2v")
 
@@ -79,6 +84,8 @@ class InputEncoder:
 
     def encode(self, inputs: InputBlock) -> torch.Tensor:
         """uint8 [N, H, W, 3] -> latents [1, 3, C, H/8, W/8] in the generator's space."""
+        import torch  # here, not at module level: testsrc imports this module and runs without torch
+
         frames = torch.from_numpy(np.ascontiguousarray(inputs.frames))
         if not self.started and len(frames) > 9:
             frames = frames[len(frames) - 9:]
