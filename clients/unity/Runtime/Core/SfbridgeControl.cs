@@ -5,6 +5,7 @@
 using System;
 using System.Collections.Concurrent;
 using System.Collections.Generic;
+using System.Security.Cryptography;
 using System.Threading;
 using System.Threading.Tasks;
 
@@ -93,6 +94,7 @@ namespace Sfbridge
         readonly ZmtpEndpoint _endpoint;
         readonly string _endpointText;
         readonly object _lock = new object();
+        readonly byte[] _routingId;
         ZmtpConnection _conn;
         long _nextId;
         volatile bool _disposed;
@@ -111,12 +113,33 @@ namespace Sfbridge
 
         public string Endpoint { get { return _endpointText; } }
 
+        /// <summary>The routing id this client's DEALER announces on every connection (READY
+        /// Identity): "sfb" + 13 random bytes, one per instance. Keeping it across the Lazy Pirate
+        /// reconnects lets the daemon answer a retry of a request it already handled from memory
+        /// instead of applying it twice (PROTOCOL.md 2.1.1). A copy; the id never changes.</summary>
+        public byte[] RoutingId { get { return (byte[])_routingId.Clone(); } }
+
         /// <param name="endpoint">the daemon's control endpoint, e.g. tcp://127.0.0.1:5555</param>
         public SfbridgeControl(string endpoint)
         {
             _endpoint = ZmtpEndpoint.Parse(endpoint);
             _endpointText = endpoint;
             _nextId = Environment.TickCount & 0xffff;
+            _routingId = NewRoutingId();
+        }
+
+        /// <summary>"sfb" + 13 random bytes, as the Python client makes it: the leading 's' keeps the
+        /// first byte non-zero (ZMTP reserves a zero first byte), 104 random bits keep two clients from
+        /// ever sharing an id (a shared id would hand one client's replies to the other).</summary>
+        static byte[] NewRoutingId()
+        {
+            var id = new byte[16];
+            id[0] = (byte)'s'; id[1] = (byte)'f'; id[2] = (byte)'b';
+            var random = new byte[13];
+            using (RandomNumberGenerator rng = RandomNumberGenerator.Create()) rng.GetBytes(random);
+            Buffer.BlockCopy(random, 0, id, 3, random.Length);
+            ZmtpConnection.CheckIdentity(id);
+            return id;
         }
 
         void Say(string m)
@@ -153,7 +176,7 @@ namespace Sfbridge
                     int start = Environment.TickCount;
                     try
                     {
-                        if (_conn == null) _conn = ZmtpConnection.Connect(_endpoint, "DEALER", TimeoutMs);
+                        if (_conn == null) _conn = ZmtpConnection.Connect(_endpoint, "DEALER", TimeoutMs, _routingId);
                         _conn.Send(body);
                         while (true)
                         {
@@ -177,7 +200,7 @@ namespace Sfbridge
                     {
                         if (e is ObjectDisposedException && _disposed) throw;
                         last = e;
-                        Drop(); // Lazy Pirate: a new socket for the next attempt
+                        Drop(); // Lazy Pirate: a new socket (same routing id) for the next attempt
                         Say("control " + _endpointText + " attempt " + attempt + "/" + attempts + " failed: " + e.Message);
                         if (attempt < attempts && !_disposed)
                         {

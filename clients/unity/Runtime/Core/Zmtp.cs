@@ -87,15 +87,22 @@ namespace Sfbridge
 
         /// <summary>Connects, exchanges greetings and READY commands. Throws SocketException,
         /// IOException or ZmtpException on failure (the socket is closed then).</summary>
-        public static ZmtpConnection Connect(ZmtpEndpoint ep, string socketType, int timeoutMs)
+        /// <param name="identity">optional routing id sent as the READY command's Identity property
+        /// (ZMTP 3.0): 1 to 255 bytes, first byte not zero (RFC 23/37 reserves a leading zero for ids a
+        /// ROUTER makes up). A DEALER that reuses one identity on every connection lets the daemon's
+        /// ROUTER recognise a retry on a new socket (PROTOCOL.md 2.1.1). null: no Identity property,
+        /// the peer makes up an id per connection. A bad identity throws ArgumentException before
+        /// anything is connected.</param>
+        public static ZmtpConnection Connect(ZmtpEndpoint ep, string socketType, int timeoutMs, byte[] identity = null)
         {
+            CheckIdentity(identity);
             Socket s = ConnectSocket(ep, timeoutMs);
             var c = new ZmtpConnection(s);
             try
             {
                 s.ReceiveTimeout = timeoutMs;
                 s.SendTimeout = timeoutMs;
-                c.Handshake(socketType);
+                c.Handshake(socketType, identity);
                 c.LastReceiveTick = Environment.TickCount;
                 return c;
             }
@@ -104,6 +111,17 @@ namespace Sfbridge
                 c.Dispose();
                 throw;
             }
+        }
+
+        /// <summary>Throws ArgumentException unless identity is null or a valid ZMTP routing id
+        /// (1 to 255 bytes, first byte not zero).</summary>
+        public static void CheckIdentity(byte[] identity)
+        {
+            if (identity == null) return;
+            if (identity.Length < 1 || identity.Length > 255)
+                throw new ArgumentException("a ZMTP identity is 1 to 255 bytes, got " + identity.Length, "identity");
+            if (identity[0] == 0)
+                throw new ArgumentException("a ZMTP identity must not start with a zero byte (reserved for ids the peer makes up)", "identity");
         }
 
         static Socket ConnectSocket(ZmtpEndpoint ep, int timeoutMs)
@@ -134,7 +152,7 @@ namespace Sfbridge
             }
         }
 
-        void Handshake(string socketType)
+        void Handshake(string socketType, byte[] identity)
         {
             // Greeting: signature, version 3.0, mechanism NULL, as-server 0, filler.
             var g = new byte[64];
@@ -157,11 +175,12 @@ namespace Sfbridge
             if (peerMech != "NULL")
                 throw new ZmtpException("peer uses security mechanism '" + peerMech + "'; only NULL is supported");
 
-            // READY with Socket-Type.
+            // READY with Socket-Type (and Identity when the caller keeps one routing id across connections).
             var body = new MemoryStream();
             body.WriteByte(5);
             WriteAscii(body, "READY");
             WriteProperty(body, "Socket-Type", Encoding.ASCII.GetBytes(socketType));
+            if (identity != null) WriteProperty(body, "Identity", identity);
             SendFrame(body.ToArray(), false, true);
 
             // The peer's READY (or ERROR).
