@@ -108,8 +108,8 @@ def _make_project(tmp: Path) -> Path:
     proj = tmp / "project"
     (proj / "addons").mkdir(parents=True)
     (proj / "addons" / "sfbridge").symlink_to(ADDON, target_is_directory=True)
-    for script in ("harness.gd", "test_client.gd", "test_input.gd"):
-        shutil.copy(REPO / "tests" / "godot" / script, proj / script)
+    for script in (REPO / "tests" / "godot").glob("*.gd"):  # harness.gd and the test scripts
+        shutil.copy(script, proj / script.name)
     (proj / "project.godot").write_text(
         'config_version=5\n\n[application]\n\nconfig/name="sfbridge-test"\nrun/flush_stdout_on_print=true\n'
     )
@@ -298,23 +298,29 @@ def test_godot_gives_up_on_a_silent_handshake(tmp_path):
 
 def test_godot_control_retry_keeps_full_timeout(tmp_path):
     """A control peer that reads requests and never answers: each of the 3 attempts waits its whole
-    2 s timeout on a fresh connection, the 250 ms pause before a retry not taken out of it
-    (PROTOCOL.md 1.2)."""
+    2 s timeout on a fresh connection (all three with the node's one routing id, PROTOCOL.md 2.1.1), the
+    250 ms pause before a retry not taken out of it (PROTOCOL.md 1.2)."""
     _ensure_godot()
     import zmq
+    from zmq.utils.monitor import recv_monitor_message
 
     ctx = zmq.Context.instance()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # as the daemon: each attempt reconnects with the same routing id
+    monitor = router.get_monitor_socket(zmq.EVENT_ACCEPTED)
     port = router.bind_to_random_port("tcp://127.0.0.1")
-    peers: set[bytes] = set()
+    peers: list[bytes] = []
+    accepted: list[dict] = []
     stop = threading.Event()
 
     def swallow() -> None:
         while not stop.is_set():
-            if router.poll(100):
-                peers.add(router.recv_multipart()[0])  # never answered
+            if router.poll(50):
+                peers.append(router.recv_multipart()[0])  # never answered
+            if monitor.poll(50):
+                accepted.append(recv_monitor_message(monitor))
 
     t = threading.Thread(target=swallow, daemon=True)
     t.start()
@@ -326,10 +332,13 @@ def test_godot_control_retry_keeps_full_timeout(tmp_path):
     finally:
         stop.set()
         t.join(5)
+        router.disable_monitor()
+        monitor.close(0)
         router.close()
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "OK retry_timing" in out and "ALL_OK" in out, out[-4000:]
-    assert len(peers) == 3, (peers, out[-4000:])  # Lazy Pirate: a new connection per attempt
+    assert len(accepted) == 3, (accepted, out[-4000:])  # Lazy Pirate: a new connection per attempt
+    assert len(peers) == 3 and len(set(peers)) == 1, peers  # the request sent on each, one routing id
     assert "SCRIPT ERROR" not in out and "Parse Error" not in out, out[-4000:]
 
 

@@ -86,6 +86,13 @@ var frames_shown := 0
 var frames_dropped := 0
 var connects := 0
 var events_received := 0
+## The routing id the control connection announces (READY Identity) on every (re)connect: "sfb" + 13
+## random bytes, one per node. Keeping it across the Lazy Pirate reconnects lets the daemon answer a
+## retry of a request it already handled from memory instead of applying it twice (PROTOCOL.md 2.1.1).
+## Read-only (a copy).
+var routing_id: PackedByteArray:
+	get:
+		return _routing_id.duplicate()
 
 var _running := false
 var _stream: Zmtp
@@ -104,6 +111,7 @@ var _control_port := 0
 var _queue: Array = []  # pending requests: {id, op, body, attempt}
 var _inflight: Dictionary = {}
 var _next_id := 1
+var _routing_id := _new_routing_id()
 
 
 func _enter_tree() -> void:
@@ -283,6 +291,15 @@ func request(op: String, args := {}) -> int:
 
 
 # ------------------------------------------------------------------ internals
+
+
+## "sfb" + 13 random bytes, as the Python client makes it: the leading "s" keeps the first byte non-zero
+## (ZMTP reserves a zero first byte); 104 random bits keep two clients from ever sharing an id (a shared
+## id would hand one client's replies to the other).
+static func _new_routing_id() -> PackedByteArray:
+	var id := "sfb".to_ascii_buffer()
+	id.append_array(Crypto.new().generate_random_bytes(13))
+	return id
 
 
 ## A request refused before sending: request_failed(id, op, "invalid_value", why) on the next frame.
@@ -478,7 +495,7 @@ func _poll_control() -> void:
 	if _control == null:
 		if now >= _inflight.retry_at:
 			_control = Zmtp.new()
-			_control.open(_control_host, _control_port, "DEALER", request_timeout_ms)
+			_control.open(_control_host, _control_port, "DEALER", request_timeout_ms, _routing_id)
 			_inflight.deadline = now + request_timeout_ms  # the attempt's clock starts here
 		else:
 			return
@@ -498,7 +515,7 @@ func _poll_control() -> void:
 	if _control.state == Zmtp.State.CLOSED or now > _inflight.deadline:
 		var why: String = _control.error if _control.state == Zmtp.State.CLOSED else "no reply within %d ms" % request_timeout_ms
 		_control.close("timeout")
-		_control = null  # Lazy Pirate: a fresh socket for the next attempt
+		_control = null  # Lazy Pirate: a fresh socket (same routing id) for the next attempt
 		_log("%s attempt %d/%d: %s" % [_inflight.op, _inflight.attempt, request_attempts, why])
 		if _inflight.attempt >= request_attempts:
 			var r := _inflight

@@ -29,6 +29,7 @@ var max_read_per_poll := 64 * 1024 * 1024
 
 var _tcp := StreamPeerTCP.new()
 var _socket_type := "SUB"
+var _identity := PackedByteArray()  # READY Identity property; empty: none sent
 var _rx := PackedByteArray()
 var _rx_pos := 0
 var _parts: Array = []
@@ -38,9 +39,20 @@ var _tx := PackedByteArray()  # bytes of a queued message not yet taken by the k
 
 
 ## Starts connecting to host:port; socket_type is "SUB", "DEALER" or "PUB". Returns OK or an error code.
-## connect_timeout_ms bounds the TCP connect plus the ZMTP handshake.
-func open(host: String, port: int, socket_type: String, connect_timeout_ms := 2000) -> int:
+## connect_timeout_ms bounds the TCP connect plus the ZMTP handshake. identity, when not empty, is sent
+## as the READY command's Identity property (the routing id, ZMTP 3.0: 1 to 255 bytes, first byte not
+## zero, which RFC 23/37 reserves for ids a ROUTER makes up): a DEALER that reuses one identity on every
+## connection lets the daemon's ROUTER recognise a retry on a new socket (PROTOCOL.md 2.1.1). A bad
+## identity fails at once (ERR_INVALID_PARAMETER, nothing connected).
+func open(host: String, port: int, socket_type: String, connect_timeout_ms := 2000,
+		identity := PackedByteArray()) -> int:
+	var why := identity_error(identity)
+	if why != "":
+		push_error("sfbridge: " + why)
+		_fail(why)
+		return ERR_INVALID_PARAMETER
 	_socket_type = socket_type
+	_identity = identity
 	_connect_timeout_ms = connect_timeout_ms
 	_connect_started_ms = Time.get_ticks_msec()
 	var err := _tcp.connect_to_host(host, port)
@@ -49,6 +61,15 @@ func open(host: String, port: int, socket_type: String, connect_timeout_ms := 20
 		return err
 	state = State.CONNECTING
 	return OK
+
+
+## Why identity cannot be a ZMTP routing id ("" when it can, or when it is empty: no identity).
+static func identity_error(identity: PackedByteArray) -> String:
+	if identity.size() > 255:
+		return "a ZMTP identity is 1 to 255 bytes, got %d" % identity.size()
+	if identity.size() > 0 and identity[0] == 0:
+		return "a ZMTP identity must not start with a zero byte (reserved for ids the peer makes up)"
+	return ""
 
 
 ## Splits "tcp://HOST:PORT" into {host, port} for open(); "*" and "0.0.0.0" (bind addresses) become
@@ -178,19 +199,24 @@ func _greeting() -> PackedByteArray:
 	return g
 
 
+## READY with Socket-Type, and Identity when the owner keeps one routing id across connections.
 func _ready_command() -> PackedByteArray:
 	var body := PackedByteArray([5])
 	body.append_array("READY".to_ascii_buffer())
-	var name := "Socket-Type".to_ascii_buffer()
-	var value := _socket_type.to_ascii_buffer()
-	body.append(name.size())
-	body.append_array(name)
-	var n := value.size()
-	body.append_array(PackedByteArray([(n >> 24) & 0xff, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff]))
-	body.append_array(value)
+	_put_property(body, "Socket-Type", _socket_type.to_ascii_buffer())
+	if not _identity.is_empty():
+		_put_property(body, "Identity", _identity)
 	var out := PackedByteArray()
 	_encode_frame(out, body, false, true)
 	return out
+
+
+static func _put_property(body: PackedByteArray, name: String, value: PackedByteArray) -> void:
+	var n := value.size()
+	body.append(name.length())
+	body.append_array(name.to_ascii_buffer())
+	body.append_array(PackedByteArray([(n >> 24) & 0xff, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff]))
+	body.append_array(value)
 
 
 ## Advances the connection; returns the messages that completed (Array of Arrays of frames).
