@@ -1,6 +1,7 @@
-// What the console tests (ConsoleTest.cs, InputTest.cs, RetryTest.cs) share: the "OK <name>" lines that
-// tests (test_csharp_client.py, test_raw_client_retries.py) read and the Fail exception a failed check throws (each Main prints
-// it as "FAIL <reason>"). Compiled with each test program; the tests import it with `using static`.
+// What the console tests (ConsoleTest.cs, InputTest.cs, RetryTest.cs) share: the "OK <name>" lines
+// that the pytest tests (test_csharp_client.py, test_raw_client_retries.py) read and the Fail exception
+// a failed check throws (each Main prints it as "FAIL <reason>"). Compiled with each test program; the
+// tests import it with `using static`.
 
 using System;
 
