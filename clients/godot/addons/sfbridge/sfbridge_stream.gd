@@ -5,16 +5,18 @@
 ## PanoramaSkyMaterial with the stream as panorama), or use `texture` yourself. Everything runs in
 ## _process without blocking: the stream connection is read until empty every frame and only the
 ## newest frame is decoded (older ones are dropped). Control requests are queued, sent one at a
-## time with timeout + retry (PROTOCOL.md 1.2) and answered through signals.
+## time with timeout + retry (PROTOCOL.md 1.2, control_channel.gd) and answered through signals.
 class_name SFBridgeStream
 extends Node
 
 const MsgPack := preload("msgpack.gd")
 const Zmtp := preload("zmtp.gd")
 const Steering := preload("steering.gd")
+const ControlChannel := preload("control_channel.gd")
+const TextureTarget := preload("texture_target.gd")
 const PROTOCOL_VERSION := 1
 ## Pause before a retry, on top of each attempt's request_timeout_ms.
-const RETRY_PAUSE_MS := 250
+const RETRY_PAUSE_MS := ControlChannel.RETRY_PAUSE_MS
 
 enum ConnectionState { DISCONNECTED, CONNECTING, CONNECTED }
 
@@ -92,7 +94,7 @@ var events_received := 0
 ## Read-only (a copy).
 var routing_id: PackedByteArray:
 	get:
-		return _routing_id.duplicate()
+		return _requests.routing_id
 
 var _running := false
 var _stream: Zmtp
@@ -105,13 +107,13 @@ var _last_stream := ""
 var _last_seq := -1
 var _warned_version := false
 
-var _control: Zmtp
-var _control_host := ""
-var _control_port := 0
-var _queue: Array = []  # pending requests: {id, op, body, attempt}
-var _inflight: Dictionary = {}
-var _next_id := 1
-var _routing_id := _new_routing_id()
+var _requests: ControlChannel
+
+
+func _init() -> void:
+	_requests = ControlChannel.new(_log)
+	_requests.replied.connect(_on_replied)
+	_requests.failed.connect(_emit_failed)
 
 
 func _enter_tree() -> void:
@@ -133,8 +135,7 @@ func start() -> bool:
 		return false
 	_stream_host = s.host
 	_stream_port = s.port
-	_control_host = c.host
-	_control_port = c.port
+	_requests.set_address(c.host, c.port)
 	_running = true
 	_backoff_ms = reconnect_min_ms
 	_retry_at_ms = 0
@@ -150,16 +151,7 @@ func stop() -> void:
 	if _stream:
 		_stream.close("stopped")
 		_stream = null
-	if _control:
-		_control.close("stopped")
-		_control = null
-	var pending := _queue.duplicate()
-	if not _inflight.is_empty():
-		pending.push_front(_inflight)
-	_queue.clear()
-	_inflight = {}
-	for r in pending:
-		request_failed.emit(r.id, r.op, "cancelled", "SFBridgeStream stopped")
+	_requests.cancel_all("SFBridgeStream stopped")
 	_set_state(ConnectionState.DISCONNECTED)
 
 
@@ -277,42 +269,25 @@ func ping() -> int:
 
 ## Sends any op with arguments. Returns the request id.
 func request(op: String, args := {}) -> int:
-	var id := _next_id
-	_next_id += 1
-	var msg := args.duplicate()
-	msg["op"] = op
-	msg["id"] = id
-	var body := MsgPack.encode(msg)
-	if body.size() > 65536:
-		_emit_failed.call_deferred(id, op, "too_large", "request is %d bytes (limit 65536)" % body.size())
-		return id
-	_queue.append({"id": id, "op": op, "body": body, "attempt": 0, "deadline": 0, "retry_at": 0, "sent": false})
-	return id
+	return _requests.request(op, args)
 
 
 # ------------------------------------------------------------------ internals
 
 
-## "sfb" + 13 random bytes, as the Python client makes it: the leading "s" keeps the first byte non-zero
-## (ZMTP reserves a zero first byte); 104 random bits keep two clients from ever sharing an id (a shared
-## id would hand one client's replies to the other).
-static func _new_routing_id() -> PackedByteArray:
-	var id := "sfb".to_ascii_buffer()
-	id.append_array(Crypto.new().generate_random_bytes(13))
-	return id
-
-
 ## A request refused before sending: request_failed(id, op, "invalid_value", why) on the next frame.
 func _refuse(op: String, why: String) -> int:
-	var id := _next_id
-	_next_id += 1
-	push_warning("sfbridge: %s not sent: %s" % [op, why])
-	_emit_failed.call_deferred(id, op, "invalid_value", why)
-	return id
+	return _requests.refuse(op, why)
 
 
 func _emit_failed(id: int, op: String, code: String, message: String) -> void:
 	request_failed.emit(id, op, code, message)
+
+
+func _on_replied(id: int, op: String, result: Dictionary) -> void:
+	reply_received.emit(id, op, result)
+	if op == "status":
+		status_received.emit(result)
 
 
 func _log(msg: String) -> void:
@@ -330,7 +305,10 @@ func _process(_delta: float) -> void:
 	if not _running:
 		return
 	_poll_stream()
-	_poll_control()
+	_requests.timeout_ms = request_timeout_ms
+	_requests.attempts = request_attempts
+	_requests.endpoint = control_endpoint
+	_requests.poll()
 
 
 func _poll_stream() -> void:
@@ -443,110 +421,8 @@ func _assign_target() -> void:
 	if node == null:
 		push_warning("sfbridge: target %s not found" % target)
 		return
-	if node is WorldEnvironment:
-		var env: Environment = node.environment
-		if env == null:
-			env = Environment.new()
-			node.environment = env
-		if env.sky == null:
-			env.sky = Sky.new()
-		var mat := env.sky.sky_material as PanoramaSkyMaterial
-		if mat == null:
-			mat = PanoramaSkyMaterial.new()
-			env.sky.sky_material = mat
-		mat.panorama = texture
-		env.background_mode = Environment.BG_SKY
-	elif node is GeometryInstance3D and not ("texture" in node):
-		var mat: Material = node.material_override
-		if mat == null and node is MeshInstance3D:
-			mat = node.get_active_material(0)
-			if mat != null:
-				mat = mat.duplicate()  # do not modify a shared resource
-				node.material_override = mat
-		if mat == null:
-			mat = StandardMaterial3D.new()
-			mat.shading_mode = BaseMaterial3D.SHADING_MODE_UNSHADED
-			node.material_override = mat
-		if mat is ShaderMaterial:
-			mat.set_shader_parameter(material_property, texture)
-		else:
-			mat.set(material_property, texture)
-	elif "texture" in node:
-		node.texture = texture
-	else:
-		push_warning("sfbridge: do not know how to show a texture on %s" % node.get_class())
+	TextureTarget.show_on(node, texture, material_property)
 
 
 func assign_target() -> void:
 	_assign_target()
-
-
-func _poll_control() -> void:
-	if _inflight.is_empty():
-		if _queue.is_empty():
-			if _control:
-				_control.poll()  # keep the connection serviced (PING) while idle
-				if _control.state == Zmtp.State.CLOSED:
-					_control = null
-			return
-		_inflight = _queue.pop_front()
-		_start_attempt()
-	var now := Time.get_ticks_msec()
-	if _control == null:
-		if now >= _inflight.retry_at:
-			_control = Zmtp.new()
-			_control.open(_control_host, _control_port, "DEALER", request_timeout_ms, _routing_id)
-			_inflight.deadline = now + request_timeout_ms  # the attempt's clock starts here
-		else:
-			return
-	var messages: Array = _control.poll()
-	if _control.is_open() and not _inflight.sent:
-		_control.send_message([_inflight.body])
-		_inflight.sent = true
-	for m in messages:
-		var dec := MsgPack.decode(m[m.size() - 1])  # DEALER: [body]; tolerate a REQ delimiter
-		if not dec.ok or typeof(dec.value) != TYPE_DICTIONARY:
-			continue
-		var rep: Dictionary = dec.value
-		if rep.get("id") != null and int(rep.get("id")) != _inflight.id:
-			continue  # a late reply to an earlier request
-		_finish(rep)
-		return
-	if _control.state == Zmtp.State.CLOSED or now > _inflight.deadline:
-		var why: String = _control.error if _control.state == Zmtp.State.CLOSED else "no reply within %d ms" % request_timeout_ms
-		_control.close("timeout")
-		_control = null  # Lazy Pirate: a fresh socket (same routing id) for the next attempt
-		_log("%s attempt %d/%d: %s" % [_inflight.op, _inflight.attempt, request_attempts, why])
-		if _inflight.attempt >= request_attempts:
-			var r := _inflight
-			_inflight = {}
-			request_failed.emit(r.id, r.op, "timeout",
-				"sfbridge daemon did not answer '%s' at %s after %d attempts (is `sfbridge serve` running?)"
-				% [r.op, control_endpoint, request_attempts])
-		else:
-			# A refused connection fails at once: give a restarting daemon a moment.
-			_start_attempt(RETRY_PAUSE_MS)
-
-
-## Next attempt of the request in flight, its socket opened after delay_ms. The attempt's reply
-## timeout starts when that socket is opened, so the pause before a retry does not shorten it:
-## every attempt gets the full request_timeout_ms (PROTOCOL.md 1.2).
-func _start_attempt(delay_ms := 0) -> void:
-	var now := Time.get_ticks_msec()
-	_inflight.attempt += 1
-	_inflight.sent = false
-	_inflight.retry_at = now + delay_ms
-	_inflight.deadline = _inflight.retry_at + request_timeout_ms
-
-
-func _finish(rep: Dictionary) -> void:
-	var r := _inflight
-	_inflight = {}
-	if rep.get("ok", false):
-		var result: Dictionary = rep.get("result", {}) if typeof(rep.get("result")) == TYPE_DICTIONARY else {}
-		reply_received.emit(r.id, r.op, result)
-		if r.op == "status":
-			status_received.emit(result)
-	else:
-		var e: Dictionary = rep.get("error", {}) if typeof(rep.get("error")) == TYPE_DICTIONARY else {}
-		request_failed.emit(r.id, r.op, str(e.get("code", "bad_reply")), str(e.get("message", "")))
