@@ -10,12 +10,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from sfbridge.protocol import PROTOCOL_VERSION
-
 __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
+    "PROTOCOL_VERSION": "sfbridge.protocol",
     "Client": "sfbridge.client",
     "Frame": "sfbridge.client",
     "SfbridgeError": "sfbridge.client",
@@ -30,6 +29,7 @@ __all__ = ["AsyncClient", "Client", "DaemonUnavailable", "Frame", "PROTOCOL_VERS
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
     from sfbridge.aio import AsyncClient
     from sfbridge.client import Client, DaemonUnavailable, Frame, RequestError, SfbridgeError
+    from sfbridge.protocol import PROTOCOL_VERSION
 
 
 def __getattr__(name: str) -> Any:

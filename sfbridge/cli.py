@@ -50,7 +50,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # a bad option or SFBRIDGE_* value (argparse uses 2 too)
 EXIT_UNAVAILABLE = 3  # the daemon did not answer
-EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a SIGINT death
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a SIGINT death (sfbridge/entry.py has its own copy)
 EXIT_BROKEN_PIPE = 141  # reader went away (`sfbridge status | head`), as a shell reports a SIGPIPE death
 
 STEP_RANGE = (1, 1000)  # protocol.py: each denoising step is a timestep in 1..1000
@@ -383,9 +383,9 @@ def cmd_keygen(a: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _load_extra_commands()
-    args = build_parser().parse_args(argv)
     try:
+        _load_extra_commands()  # imports zmq, numpy, PIL: Ctrl-C here is an interruption too, not a traceback
+        args = build_parser().parse_args(argv)
         apply_environment(args)
         configure_logging(args.log_level)
         check_key_files(args)

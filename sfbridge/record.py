@@ -81,6 +81,27 @@ def check_output(output: str | Path) -> Path:
 
 
 @contextlib.contextmanager
+def _sigint_sticky() -> Iterator[threading.Event]:
+    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered: an interrupt that lands inside a
+    callback Python cannot raise from (a C library's, a finaliser's: "Exception ignored in ...") would
+    otherwise be lost and the recording would run on to ``--seconds``. The frame loop checks the flag."""
+    pressed = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        pressed.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def _sigint_deferred() -> Iterator[None]:
     """Ignore Ctrl-C while the file is finalised: a second press must not leave half a file."""
     if threading.current_thread() is not threading.main_thread():
@@ -121,7 +142,8 @@ def record(output: str | Path, seconds: float, control: str | None = None, frame
             stream.options = {"crf": str(crf), "preset": "veryfast"}
             result, problem = RecordResult(frames=0, slots=0, interrupted=False), None
             try:
-                _encode(client, container, stream, fmt, max(1, round(seconds * fps)), wait, result)
+                with _sigint_sticky() as pressed:
+                    _encode(client, container, stream, fmt, max(1, round(seconds * fps)), wait, result, pressed)
             except KeyboardInterrupt:
                 result.interrupted = True
             except DaemonUnavailable as exc:
@@ -138,13 +160,16 @@ def record(output: str | Path, seconds: float, control: str | None = None, frame
 
 
 def _encode(client: Client, container: Any, stream: Any, fmt: str, n_target: int, wait: float,
-            result: RecordResult) -> None:
+            result: RecordResult, interrupted: threading.Event | None = None) -> None:
     """Encode stream frames until ``n_target`` frame slots are filled, counting them in ``result`` as they
-    go, so an interrupted recording still knows what it wrote."""
+    go, so an interrupted recording still knows what it wrote. ``interrupted``: a Ctrl-C whose exception
+    was swallowed somewhere still stops the loop at the next frame."""
     last_pts = -1
     base: tuple[str, int] | None = None  # (stream, first frame number) of the current scene
     offset = 0
     for frame in client.subscribe(format=fmt, latest_only=False, timeout=wait):
+        if interrupted is not None and interrupted.is_set():
+            raise KeyboardInterrupt
         assert isinstance(frame, Frame)
         h = frame.header
         if (h["w"], h["h"]) != (stream.width, stream.height):

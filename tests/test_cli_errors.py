@@ -205,13 +205,19 @@ def test_record_while_paused_says_so(served, tmp_path):
 def test_record_ctrl_c_finalises_the_file(served, tmp_path):
     out = tmp_path / "int.mp4"
     proc = subprocess.Popen([*SFBRIDGE, "record", str(out), "--seconds", "60", *on(served)], cwd=REPO,
-                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=clean_env(PYTHONFAULTHANDLER="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     deadline = time.monotonic() + 30
     while not (out.exists() and out.stat().st_size > 0) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)  # the file appears with the first encoded packets
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=30)
+    try:
+        stdout, stderr = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # still recording: SIGABRT makes faulthandler show where every thread is
+        proc.send_signal(signal.SIGABRT)
+        stdout, stderr = proc.communicate(timeout=30)
+        pytest.fail(f"record ran on after Ctrl-C; its threads:\n{stderr[-6000:]}")
     assert proc.returncode == 130, (stdout, stderr)
     assert "Traceback" not in stderr and "interrupted: wrote" in stderr, stderr
     with av.open(str(out)) as c:
