@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import logging
 import os
 import resource
 import socket
+import struct
+import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,6 +99,15 @@ def harden(sock: zmq.Socket, max_frame_bytes: int) -> None:
     sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_IDLE_S)
     sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, TCP_KEEPALIVE_INTVL_S)
     sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, TCP_KEEPALIVE_CNT)
+
+
+def unsent_bytes(fd: int) -> int:
+    """Bytes in a connection's kernel send queue that its peer has not acknowledged yet (Linux SIOCOUTQ,
+    which is TIOCOUTQ). 0 where the kernel cannot say (a closed or non-TCP fd, another OS)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
 
 
 def frame_fd(frame: zmq.Frame) -> int | None:

@@ -186,3 +186,28 @@ def test_every_subscriber_gets_stopping_on_sigterm():
             for s in subs:
                 s.close(0)
             proc.stop()
+
+
+def test_a_subscriber_behind_on_frames_still_gets_stopping():
+    """A game that hitches for 1 s across the daemon's SIGTERM, with its queues full of frames (RCVHWM 1, a
+    4 KiB receive buffer, every topic): the daemon waits for it (up to 2 s) and `stopping` still arrives.
+    Before the delivery waits in Publisher._wait_delivered it was lost in 5 of 6 such runs: libzmq leaves
+    a full connection out of the match set, so XPUB_NODROP "sent" the event past it."""
+    for run in range(3):
+        proc = ServeProcess("--model", "testsrc", "--width", "320", "--height", "192", "--pace", "off")
+        s = zmq.Context.instance().socket(zmq.SUB)
+        s.setsockopt(zmq.RCVHWM, 1)
+        s.setsockopt(zmq.RCVBUF, 4096)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SUBSCRIBE, b"")
+        s.connect(proc.frames)
+        try:
+            wait_for(s, is_event("state"))
+            time.sleep(1.0)  # not reading: every queue between daemon and game fills with frames
+            proc.proc.send_signal(signal.SIGTERM)
+            time.sleep(1.0)  # the hitch goes on past the SIGTERM
+            assert got_event(s, "stopping", timeout=5.0), f"run {run}:\n{proc.output()[-1500:]}"
+            assert proc.proc.wait(10) == 0
+        finally:
+            s.close(0)
+            proc.stop()
