@@ -86,8 +86,8 @@ def _sigint_sticky() -> Iterator[threading.Event]:
     callback Python cannot raise from (a C library's, a finaliser's: "Exception ignored in ...") would
     otherwise be lost and the recording would run on to ``--seconds``. The frame loop checks the flag."""
     pressed = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield pressed
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        yield pressed  # SIG_IGN: started in the background by a shell, which means "Ctrl-C is not for you"
         return
 
     def on_sigint(signum: int, frame: Any) -> None:

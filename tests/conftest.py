@@ -213,3 +213,10 @@ def vae_io():
     from vae_golden import VAE_IO_FILE
 
     return load_file(str(VAE_IO_FILE))
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a child that a test sends SIGINT: a shell that starts the test run in the
+    background (``cmd &``) makes SIGINT ignored, the children inherit that, and Python then installs no
+    KeyboardInterrupt handler at all. Ctrl-C tests need the default, as in a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import av
 import pytest
-from conftest import REPO, ServeProcess, free_port
+from conftest import REPO, ServeProcess, free_port, sigint_default
 
 from sfbridge.client import Client
 
@@ -206,7 +206,7 @@ def test_record_ctrl_c_finalises_the_file(served, tmp_path):
     out = tmp_path / "int.mp4"
     proc = subprocess.Popen([*SFBRIDGE, "record", str(out), "--seconds", "60", *on(served)], cwd=REPO,
                             env=clean_env(PYTHONFAULTHANDLER="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=sigint_default)
     deadline = time.monotonic() + 30
     while not (out.exists() and out.stat().st_size > 0) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)  # the file appears with the first encoded packets
