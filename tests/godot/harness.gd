@@ -1,5 +1,6 @@
-## What the headless test scripts (test_client.gd, test_input.gd) share: the "OK ..." / "FAIL ..." output
-## that tests/test_godot_client.py reads, and ending the run (exit 1) on the first failure only.
+## What the headless test scripts (test_client.gd, test_input.gd, test_retry.gd) share: the "OK ..." /
+## "FAIL ..." output that the pytest tests read, ending the run (exit 1) on the first failure only, and
+## the command line after "--" ("--name value" pairs, or a bare "--flag" for true).
 ## The scripts extend this file; tests/test_godot_client.py copies it next to them.
 extends SceneTree
 
@@ -23,3 +24,18 @@ func check(cond: bool, why: String) -> bool:
 	if not cond:
 		fail(why)
 	return cond
+
+
+## The user arguments: {"name": "value"} for "--name value", {"flag": true} for a bare "--flag".
+func user_args() -> Dictionary:
+	var a := OS.get_cmdline_user_args()
+	var out := {}
+	var i := 0
+	while i < a.size():
+		if a[i].begins_with("--") and i + 1 < a.size() and not a[i + 1].begins_with("--"):
+			out[a[i].substr(2)] = a[i + 1]
+			i += 2
+		else:
+			out[a[i].substr(2)] = true
+			i += 1
+	return out

@@ -48,15 +48,7 @@ var steer_stream := ""
 
 
 func _initialize() -> void:
-	var a := OS.get_cmdline_user_args()
-	var i := 0
-	while i < a.size():
-		if a[i].begins_with("--") and i + 1 < a.size() and not a[i + 1].begins_with("--"):
-			args[a[i].substr(2)] = a[i + 1]
-			i += 2
-		else:
-			args[a[i].substr(2)] = true
-			i += 1
+	args = user_args()
 	width = int(args.get("width", "0"))
 	height = int(args.get("height", "0"))
 	if args.has("heartbeat-seconds"):

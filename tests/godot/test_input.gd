@@ -42,11 +42,7 @@ var rtt_sum := 0.0
 
 
 func _initialize() -> void:
-	var a := OS.get_cmdline_user_args()
-	var i := 0
-	while i + 1 < a.size():
-		args[a[i].substr(2)] = a[i + 1]
-		i += 2
+	args = user_args()
 	width = int(args.get("width", "0"))
 	height = int(args.get("height", "0"))
 	message_check()

@@ -20,15 +20,7 @@ var elapsed := 0.0
 
 
 func _initialize() -> void:
-	var a := OS.get_cmdline_user_args()
-	var i := 0
-	while i < a.size():
-		if a[i].begins_with("--") and i + 1 < a.size() and not a[i + 1].begins_with("--"):
-			args[a[i].substr(2)] = a[i + 1]
-			i += 2
-		else:
-			args[a[i].substr(2)] = true
-			i += 1
+	args = user_args()
 	if not routing_id_rules():
 		return
 	if not args.has("control"):

@@ -31,31 +31,15 @@ static class InputTest
 
     static int Main(string[] args)
     {
-        for (int i = 0; i < args.Length; i++)
-        {
-            string a = args[i];
-            string v = i + 1 < args.Length ? args[i + 1] : "";
-            i++;
-            if (a == "--control") controlEp = v;
-            else if (a == "--frames") framesEp = v;
-            else if (a == "--input") inputEp = v;
-            else if (a == "--width") width = int.Parse(v, CultureInfo.InvariantCulture);
-            else if (a == "--height") height = int.Parse(v, CultureInfo.InvariantCulture);
-            else if (a == "--send-only") sendOnly = int.Parse(v, CultureInfo.InvariantCulture);
-            else { Console.WriteLine("FAIL unknown argument " + a); return 2; }
-        }
-        try
-        {
-            if (sendOnly >= 0) SendOnly(); else Run();
-            Console.WriteLine("ALL_OK");
-            return 0;
-        }
-        catch (Exception e)
-        {
-            Console.WriteLine("FAIL " + e.Message);
-            Console.Error.WriteLine(e);
-            return 1;
-        }
+        Dictionary<string, string> o = Options(args, "control", "frames", "input", "width", "height", "send-only");
+        if (o == null) return 2;
+        o.TryGetValue("control", out controlEp);
+        o.TryGetValue("frames", out framesEp);
+        o.TryGetValue("input", out inputEp);
+        width = Int(o, "width", width);
+        height = Int(o, "height", height);
+        sendOnly = Int(o, "send-only", sendOnly);
+        return RunChecks(() => { if (sendOnly >= 0) SendOnly(); else Run(); });
     }
 
     /// <summary>Top half colour top, bottom half colour bottom; stride 3 or 4; rows bottom first when flip.</summary>

@@ -26,30 +26,17 @@ static class RetryTest
 
     static int Main(string[] args)
     {
-        for (int i = 0; i < args.Length; i++)
-        {
-            string a = args[i];
-            string v = i + 1 < args.Length ? args[i + 1] : "";
-            i++;
-            if (a == "--control") controlEp = v;
-            else if (a == "--text") { text = v; op = "prompt"; }
-            else if (a == "--timeout-ms") timeoutMs = int.Parse(v, CultureInfo.InvariantCulture);
-            else if (a == "--attempts") attempts = int.Parse(v, CultureInfo.InvariantCulture);
-            else { Console.WriteLine("FAIL unknown argument " + a); return 2; }
-        }
-        try
+        Dictionary<string, string> o = Options(args, "control", "text", "timeout-ms", "attempts");
+        if (o == null) return 2;
+        o.TryGetValue("control", out controlEp);
+        if (o.TryGetValue("text", out text)) op = "prompt";
+        timeoutMs = Int(o, "timeout-ms", timeoutMs);
+        attempts = Int(o, "attempts", attempts);
+        return RunChecks(() =>
         {
             RoutingIdRules();
             if (controlEp != null) Send();
-            Console.WriteLine("ALL_OK");
-            return 0;
-        }
-        catch (Exception e)
-        {
-            Console.WriteLine("FAIL " + e.Message);
-            Console.Error.WriteLine(e);
-            return 1;
-        }
+        });
     }
 
     static string Hex(byte[] b)
