@@ -354,17 +354,26 @@ class Daemon:
         }
 
 
+# A second SIGINT/SIGTERM forces the exit (a user pressing Ctrl-C again), unless it came this soon after the
+# first: then it is one request delivered twice, to the process and to its process group.
+SECOND_SIGNAL_AFTER_S = 0.5
+
+
 def serve(config: DaemonConfig, generator: Generator | None = None) -> int:
     """Run the daemon until SIGINT/SIGTERM (-> 0) or until one of its threads dies (-> EXIT_THREAD_DIED)."""
     daemon = Daemon(config, generator).start()
     stop = threading.Event()
-    signals = {"count": 0}
+    first: list[float] = []  # when the first stop signal came
 
     def on_signal(signum: int, _frame: Any) -> None:
-        signals["count"] += 1
-        if signals["count"] > 1:
+        now = time.monotonic()
+        if first and now - first[0] >= SECOND_SIGNAL_AFTER_S:
             log.warning("second signal: forcing exit")
             os._exit(130)
+        if first:  # the same request delivered twice (timeout(1) and process-group kills signal the group too)
+            log.info("signal %d again within %.1f s: already stopping", signum, SECOND_SIGNAL_AFTER_S)
+            return
+        first.append(now)
         log.info("signal %d: stopping", signum)
         stop.set()
 

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import av
 import numpy as np
@@ -109,6 +110,19 @@ def test_clean_shutdown_on_signal(sig):
     out = p.output()
     assert rc == 0, out
     assert "shutting down" in out and "Traceback" not in out
+
+
+def test_one_signal_delivered_twice_is_one_clean_stop():
+    """`timeout 10 sfbridge serve`, systemd and `kill -- -PGID` signal the process and its group: the same
+    SIGTERM arrives twice within microseconds. That is one request to stop (exit 0, `stopping` sent), not
+    the "second Ctrl-C" that forces an exit (130); it used to be taken for one."""
+    p = ServeProcess("--width", "64", "--height", "48")
+    p.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.02)  # back to back, two SIGTERMs can merge into one pending signal in the kernel
+    p.proc.send_signal(signal.SIGTERM)
+    assert p.proc.wait(15) == 0, p.output()
+    out = p.output()
+    assert "already stopping" in out and "forcing exit" not in out and "stopping event sent" in out
 
 
 def test_serve_refuses_a_busy_port(served):
