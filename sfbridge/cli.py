@@ -44,13 +44,13 @@ from sfbridge.cli_steering import (
     prompt_request,
     schedule_request,
 )
+from sfbridge.entry import EXIT_INTERRUPTED
 from sfbridge.protocol import DEFAULT_CONTROL, DEFAULT_FRAMES
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # a bad option or SFBRIDGE_* value (argparse uses 2 too)
 EXIT_UNAVAILABLE = 3  # the daemon did not answer
-EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a SIGINT death (sfbridge/entry.py has its own copy)
 EXIT_BROKEN_PIPE = 141  # reader went away (`sfbridge status | head`), as a shell reports a SIGPIPE death
 
 STEP_RANGE = (1, 1000)  # protocol.py: each denoising step is a timestep in 1..1000

@@ -363,17 +363,18 @@ def serve(config: DaemonConfig, generator: Generator | None = None) -> int:
     """Run the daemon until SIGINT/SIGTERM (-> 0) or until one of its threads dies (-> EXIT_THREAD_DIED)."""
     daemon = Daemon(config, generator).start()
     stop = threading.Event()
-    first: list[float] = []  # when the first stop signal came
+    first_at: float | None = None  # when the first stop signal came
 
     def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal first_at
         now = time.monotonic()
-        if first and now - first[0] >= SECOND_SIGNAL_AFTER_S:
+        if first_at is not None and now - first_at >= SECOND_SIGNAL_AFTER_S:
             log.warning("second signal: forcing exit")
             os._exit(130)
-        if first:  # the same request delivered twice (timeout(1) and process-group kills signal the group too)
+        if first_at is not None:  # one request delivered twice (timeout(1), process-group kills signal the group)
             log.info("signal %d again within %.1f s: already stopping", signum, SECOND_SIGNAL_AFTER_S)
             return
-        first.append(now)
+        first_at = now
         log.info("signal %d: stopping", signum)
         stop.set()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-EXIT_INTERRUPTED = 130  # as sfbridge.cli: a shell reports a SIGINT death this way
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a SIGINT death (sfbridge.cli uses this one too)
 
 
 def main() -> int:

@@ -198,20 +198,15 @@ class Publisher:
         """Queue `stopping` for every event subscriber: with XPUB_NODROP a full pipe (a subscriber
         still holding frames) makes the send wait for room instead of silently dropping the event;
         a subscriber that never reads gets it dropped at ``deadline``."""
-        body = [EVENT_TOPIC.encode(), pack(make_event("stopping"))]
+        body = [EVENT_TOPIC.encode(), pack(make_event("stopping")), b""]
         try:
             self.sock.setsockopt(zmq.XPUB_NODROP, 1)
-            while True:
-                try:
-                    self.sock.send_multipart([*body, b""], flags=zmq.NOBLOCK)
-                    log.info("stopping event sent to %d connection(s)", len(self.subs.peers.peers))
-                    return
-                except zmq.Again:
-                    if time.monotonic() > deadline:
-                        break
-                    time.sleep(0.005)
+            sent = self._send_waiting(body, deadline)
             self.sock.setsockopt(zmq.XPUB_NODROP, 0)
-            self.sock.send_multipart([*body, b""])
+            if sent:
+                log.info("stopping event sent to %d connection(s)", len(self.subs.peers.peers))
+                return
+            self.sock.send_multipart(body)
             log.warning("a subscriber is not reading: it may miss the `stopping` event")
         except zmq.ZMQError:
             log.exception("could not send the `stopping` event")

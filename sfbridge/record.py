@@ -160,7 +160,7 @@ def record(output: str | Path, seconds: float, control: str | None = None, frame
 
 
 def _encode(client: Client, container: Any, stream: Any, fmt: str, n_target: int, wait: float,
-            result: RecordResult, interrupted: threading.Event | None = None) -> None:
+            result: RecordResult, interrupted: threading.Event) -> None:
     """Encode stream frames until ``n_target`` frame slots are filled, counting them in ``result`` as they
     go, so an interrupted recording still knows what it wrote. ``interrupted``: a Ctrl-C whose exception
     was swallowed somewhere still stops the loop at the next frame."""
@@ -168,7 +168,7 @@ def _encode(client: Client, container: Any, stream: Any, fmt: str, n_target: int
     base: tuple[str, int] | None = None  # (stream, first frame number) of the current scene
     offset = 0
     for frame in client.subscribe(format=fmt, latest_only=False, timeout=wait):
-        if interrupted is not None and interrupted.is_set():
+        if interrupted.is_set():
             raise KeyboardInterrupt
         assert isinstance(frame, Frame)
         h = frame.header
