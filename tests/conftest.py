@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from types import ModuleType
 import msgpack
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from sfbridge.client import Client
 from sfbridge.daemon import Daemon, DaemonConfig
@@ -220,3 +222,65 @@ def sigint_default() -> None:
     background (``cmd &``) makes SIGINT ignored, the children inherit that, and Python then installs no
     KeyboardInterrupt handler at all. Ctrl-C tests need the default, as in a terminal."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class SilentRouter:
+    """A libzmq ROUTER (ROUTER_HANDOVER on, as in the daemon) that reads requests and never answers.
+    Records the routing id of each request and counts accepted TCP connections."""
+
+    def __init__(self) -> None:
+        ctx = zmq.Context.instance()
+        self.router = ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.monitor = self.router.get_monitor_socket(zmq.EVENT_ACCEPTED)
+        self.endpoint = f"tcp://127.0.0.1:{self.router.bind_to_random_port('tcp://127.0.0.1')}"
+        self.ids: list[bytes] = []
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
+        while not self._stop.is_set():
+            for sock, _ in poller.poll(100):
+                if sock is self.router:
+                    self.ids.append(self.router.recv_multipart()[0])
+                else:
+                    recv_monitor_message(self.monitor)
+                    self.accepted += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.router.disable_monitor()
+        self.monitor.close(0)
+        self.router.close(0)
+
+
+def stall_first_prompt(daemon, seconds: float = 1.2) -> list[str]:
+    """Make the daemon's control thread stick ``seconds`` in its first prompt, so a client with a shorter
+    timeout retries on a new socket meanwhile; returns the list the texts of handled prompts go into."""
+    from sfbridge.protocol import Prompt
+
+    handle, prompts = daemon.control.handler, []
+
+    def stalling(req):
+        if isinstance(req, Prompt):
+            prompts.append(req.text)
+            if len(prompts) == 1:
+                time.sleep(seconds)  # the control thread is stuck: the client times out and retries
+        return handle(req)
+
+    daemon.control.handler = stalling
+    return prompts
+
+
+def wait_retry_answered(daemon, timeout: float = 5.0) -> None:
+    """Until the daemon has answered a retried request from memory (or ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while daemon.control.retries.retries_answered < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -301,43 +301,20 @@ def test_godot_control_retry_keeps_full_timeout(tmp_path):
     2 s timeout on a fresh connection (all three with the node's one routing id, PROTOCOL.md 2.1.1), the
     250 ms pause before a retry not taken out of it (PROTOCOL.md 1.2)."""
     _ensure_godot()
-    import zmq
-    from zmq.utils.monitor import recv_monitor_message
+    from conftest import SilentRouter
 
-    ctx = zmq.Context.instance()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # as the daemon: each attempt reconnects with the same routing id
-    monitor = router.get_monitor_socket(zmq.EVENT_ACCEPTED)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    peers: list[bytes] = []
-    accepted: list[dict] = []
-    stop = threading.Event()
-
-    def swallow() -> None:
-        while not stop.is_set():
-            if router.poll(50):
-                peers.append(router.recv_multipart()[0])  # never answered
-            if monitor.poll(50):
-                accepted.append(recv_monitor_message(monitor))
-
-    t = threading.Thread(target=swallow, daemon=True)
-    t.start()
+    router = SilentRouter()  # ROUTER_HANDOVER, as the daemon: each attempt reconnects with the same routing id
     proj = _make_project(tmp_path)
-    cmd = _godot_cmd(proj, "--control", f"tcp://127.0.0.1:{port}", "--frames", f"tcp://127.0.0.1:{_free_port()}",
+    cmd = _godot_cmd(proj, "--control", router.endpoint, "--frames", f"tcp://127.0.0.1:{_free_port()}",
                      "--retry-timing")
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, env=_godot_env(tmp_path), timeout=90)
     finally:
-        stop.set()
-        t.join(5)
-        router.disable_monitor()
-        monitor.close(0)
         router.close()
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "OK retry_timing" in out and "ALL_OK" in out, out[-4000:]
-    assert len(accepted) == 3, (accepted, out[-4000:])  # Lazy Pirate: a new connection per attempt
+    assert router.accepted == 3, (router.accepted, out[-4000:])  # Lazy Pirate: a new connection per attempt
+    peers = router.ids
     assert len(peers) == 3 and len(set(peers)) == 1, peers  # the request sent on each, one routing id
     assert "SCRIPT ERROR" not in out and "Parse Error" not in out, out[-4000:]
 

@@ -269,23 +269,14 @@ def test_a_retry_on_a_new_socket_through_a_stalled_control_thread_applies_once(m
     stuck in a request: the daemon handles the first copy, answers the second from memory."""
     import asyncio
 
+    from conftest import stall_first_prompt, wait_retry_answered
+
     from sfbridge.aio import AsyncClient
     from sfbridge.client import Client
-    from sfbridge.protocol import Prompt
 
     d = make_daemon()
-    handle, release, prompts = d.control.handler, threading.Event(), []
-
-    def stalling(req):
-        if isinstance(req, Prompt):
-            prompts.append(req.text)
-            release.wait(10)  # the control thread is stuck: the client times out and retries
-        return handle(req)
-
-    d.control.handler = stalling
+    prompts = stall_first_prompt(d)  # 1.2 s: past the client's 2nd attempt
     before = d.box.peek().state_id
-    timer = threading.Timer(1.2, release.set)  # after the client's 2nd attempt was sent
-    timer.start()
     if client_kind == "sync":
         with Client(control=d.config.control, timeout=0.5, retries=5) as c:
             result = c.set_prompt("a stalled prompt")
@@ -297,10 +288,7 @@ def test_a_retry_on_a_new_socket_through_a_stalled_control_thread_applies_once(m
             finally:
                 c.close()
         result = asyncio.run(one())
-    deadline = time.monotonic() + 5
-    while d.control.retries.retries_answered < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    timer.cancel()
+    wait_retry_answered(d)
     assert prompts == ["a stalled prompt"], prompts  # handled once, though sent at least twice
     assert d.control.retries.retries_answered >= 1
     assert result["state_id"] == before + 1 and d.box.peek().state_id == before + 1

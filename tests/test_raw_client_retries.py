@@ -19,14 +19,12 @@ The programs: clients/unity/Tests~/RetryTest.cs (mono) and tests/godot/test_retr
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import test_godot_client as godot
-import zmq
+from conftest import SilentRouter, stall_first_prompt, wait_retry_answered
 from test_csharp_client import MONO, _compile, _console_program, needs_mono
-from zmq.utils.monitor import recv_monitor_message
 
 TEXT = "a stalled prompt"
 
@@ -64,24 +62,11 @@ def _routing_id(out: str) -> bytes:
 
 def _stalled_retry_applies_once(make_daemon, tmp_path: Path, command) -> None:
     d = make_daemon()
-    handle, prompts = d.control.handler, []
-
-    def stalling(req):
-        from sfbridge.protocol import Prompt
-
-        if isinstance(req, Prompt):
-            prompts.append(req.text)
-            if len(prompts) == 1:
-                time.sleep(1.2)  # the control thread is stuck: the client times out and retries
-        return handle(req)
-
-    d.control.handler = stalling
+    prompts = stall_first_prompt(d)
     before = d.box.peek().state_id
     out = _run(command(tmp_path, d.config.control, "--text", TEXT, "--timeout-ms", "500", "--attempts", "5"),
                tmp_path)
-    deadline = time.monotonic() + 5
-    while d.control.retries.retries_answered < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_retry_answered(d)
     retried = [line for line in out.splitlines() if "attempt" in line]
     assert retried, out[-5000:]  # it did time out and send again on a new socket
     assert prompts == [TEXT], (prompts, out[-5000:])  # handled once, though sent at least twice
@@ -100,43 +85,6 @@ def test_godot_retry_through_a_stalled_control_thread_applies_once(make_daemon, 
 
 
 # --- handshake: the READY Identity libzmq reads on each connection -------------------------------------------
-
-
-class SilentRouter:
-    """A libzmq ROUTER (ROUTER_HANDOVER on, as in the daemon) that reads requests and never answers.
-    Records the routing id of each request and counts accepted TCP connections."""
-
-    def __init__(self) -> None:
-        ctx = zmq.Context.instance()
-        self.router = ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.monitor = self.router.get_monitor_socket(zmq.EVENT_ACCEPTED)
-        self.endpoint = f"tcp://127.0.0.1:{self.router.bind_to_random_port('tcp://127.0.0.1')}"
-        self.ids: list[bytes] = []
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        poller.register(self.monitor, zmq.POLLIN)
-        while not self._stop.is_set():
-            for sock, _ in poller.poll(100):
-                if sock is self.router:
-                    self.ids.append(self.router.recv_multipart()[0])
-                else:
-                    recv_monitor_message(self.monitor)
-                    self.accepted += 1
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.router.disable_monitor()
-        self.monitor.close(0)
-        self.router.close(0)
 
 
 def _one_routing_id_on_every_connection(tmp_path: Path, command) -> None:
